@@ -165,7 +165,9 @@ class EmulatorServer:
             return self
         self._httpd = _Server((self._host, self._port), _make_handler(self))
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name=f"{type(self).__name__}-{self._httpd.server_address[1]}",
         )
         self._thread.start()
@@ -258,8 +260,17 @@ class EmulatorServer:
         status = None if response is DROP else response.status
         with self.lock:
             self._counts[endpoint] += 1
-            self._log.append(RecordedRequest(request.method, request.raw_path, request.query,
-                                             dict(request.headers), request.body, endpoint, status))
+            self._log.append(
+                RecordedRequest(
+                    request.method,
+                    request.raw_path,
+                    request.query,
+                    dict(request.headers),
+                    request.body,
+                    endpoint,
+                    status,
+                )
+            )
         return response
 
 

@@ -1,0 +1,3 @@
+from defguard_entra.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Microsoft Entra sign-in: the one module that imports ``azure.identity``.
+
+:func:`build_credential` turns :class:`~defguard_entra.config.GraphSettings` into an azure-identity credential,
+wrapped so that a token is fetched once and reused until shortly before it expires (kiota asks for a token on every
+request; ``az`` would otherwise be spawned per call). Nothing here reads ``os.environ``: the CLI hands the relevant
+variables over in ``GraphSettings.environment``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+
+from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
+from .exceptions import ConfigurationError, EntraAuthError
+from .models import Secret
+
+__all__ = ["APP_ONLY_MODES", "CachingCredential", "StaticTokenCredential", "build_credential", "graph_scopes"]
+
+log = logging.getLogger(__name__)
+
+APP_ONLY_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY, AuthMode.AZURE_CLI, AuthMode.TOKEN})
+_CACHE_NAME = "defguard-entra"
+_REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
+
+
+class StaticTokenCredential:
+    """A credential that returns one access token given up front (``--auth token``)."""
+
+    def __init__(self, token: Secret, lifetime: float = 3600.0) -> None:
+        self._token = token
+        self._expires = int(time.time() + lifetime)
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:  # noqa: ARG002 - the protocol's signature
+        return AccessToken(self._token.value, self._expires)
+
+    def __repr__(self) -> str:
+        return "StaticTokenCredential(***)"
+
+
+class CachingCredential:
+    """Wrap any ``get_token`` credential: one token per scope set, renewed 5 minutes before it expires.
+
+    Thread-safe; errors from the wrapped credential become :class:`EntraAuthError` with a one-line message.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, ...], AccessToken] = {}
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        key = tuple(sorted(scopes))
+        claims = kwargs.get("claims")
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and not claims and cached.expires_on - _REFRESH_MARGIN > time.time():
+                return cached
+            try:
+                token: AccessToken = self.inner.get_token(*scopes, **kwargs)
+            except ClientAuthenticationError as exc:
+                reason = _first_line(exc.message or str(exc))
+                raise EntraAuthError(f"Microsoft Entra sign-in failed: {reason}") from None
+            except Exception as exc:  # azure-identity raises a few unrelated types for the same problem
+                if type(exc).__name__ == "CredentialUnavailableError":
+                    raise EntraAuthError(f"no Microsoft Entra credential available: {_first_line(str(exc))}") from None
+                raise
+            self._cache[key] = token
+            return token
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    def __repr__(self) -> str:
+        return f"CachingCredential({type(self.inner).__name__})"
+
+
+def graph_scopes(settings: GraphSettings, delegated: Sequence[str]) -> list[str]:
+    """The scopes to ask for: ``<root>/.default`` for app-only sign-in, else only the delegated ones needed."""
+    root = settings.resource
+    if settings.resolved_auth() in APP_ONLY_MODES or not delegated:
+        return [f"{root}/.default"]
+    return [f"{root}/{scope}" for scope in delegated]
+
+
+def build_credential(
+    settings: GraphSettings,
+    *,
+    prompt: Callable[[str], None] | None = None,
+) -> CachingCredential:
+    """The credential for ``settings.auth``; ``prompt`` shows device-code instructions (the library never prints)."""
+    mode = settings.resolved_auth()
+    if mode is AuthMode.TOKEN:
+        if not settings.static_token:
+            raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
+        return CachingCredential(StaticTokenCredential(settings.static_token))
+
+    import azure.identity as ai  # noqa: PLC0415 - 0.35 s: only when a command signs in
+
+    authority = settings.cloud.authority
+    env = settings.environment
+    tenant = settings.tenant_id or env.get("AZURE_TENANT_ID")
+    inner: TokenCredential
+    if mode is AuthMode.ENVIRONMENT:
+        client_id = settings.client_id or env.get("AZURE_CLIENT_ID")
+        if not (tenant and client_id):
+            raise ConfigurationError(
+                "--auth environment needs AZURE_TENANT_ID and AZURE_CLIENT_ID (or --tenant-id/--client-id) plus "
+                "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
+            )
+        if env.get("AZURE_CLIENT_SECRET"):
+            inner = ai.ClientSecretCredential(tenant, client_id, env["AZURE_CLIENT_SECRET"], authority=authority)
+        elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
+            inner = ai.CertificateCredential(
+                tenant,
+                client_id,
+                env["AZURE_CLIENT_CERTIFICATE_PATH"],
+                password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+                authority=authority,
+            )
+        elif env.get("AZURE_FEDERATED_TOKEN_FILE"):
+            inner = ai.WorkloadIdentityCredential(
+                tenant_id=tenant,
+                client_id=client_id,
+                token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
+                authority=authority,
+            )
+        else:
+            raise ConfigurationError(
+                "--auth environment needs AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
+                "AZURE_FEDERATED_TOKEN_FILE"
+            )
+    elif mode is AuthMode.MANAGED_IDENTITY:
+        inner = (
+            ai.ManagedIdentityCredential(client_id=settings.client_id)
+            if settings.client_id
+            else ai.ManagedIdentityCredential()
+        )
+    elif mode is AuthMode.AZURE_CLI:
+        inner = ai.AzureCliCredential(tenant_id=tenant) if tenant else ai.AzureCliCredential()
+    else:
+        client_id = settings.client_id or GRAPH_CLI_CLIENT_ID
+        common: dict[str, Any] = {
+            "client_id": client_id,
+            "tenant_id": tenant or "organizations",
+            "authority": authority,
+        }
+        if settings.token_cache:
+            common["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
+        device = _device_code(ai, common, prompt)
+        if mode is AuthMode.DEVICE_CODE or _headless(env):
+            inner = device
+        else:
+            browser = _safely(lambda: ai.InteractiveBrowserCredential(**common), common, "browser")
+            inner = ai.ChainedTokenCredential(browser, device)
+    return CachingCredential(inner)
+
+
+def _device_code(ai: Any, common: dict[str, Any], prompt: Callable[[str], None] | None) -> Any:
+    def _show(uri: str, code: str, expires_on: Any) -> None:  # noqa: ARG001
+        message = f"To sign in to Microsoft Entra, open {uri} and enter the code {code}"
+        if prompt is not None:
+            prompt(message)
+        else:
+            log.warning("%s", message)
+
+    return _safely(lambda: ai.DeviceCodeCredential(prompt_callback=_show, **common), common, "device code")
+
+
+def _safely(make: Callable[[], Any], common: dict[str, Any], what: str) -> Any:
+    """Build a credential; if the encrypted token cache is unavailable here, build it without persistence."""
+    try:
+        return make()
+    except ValueError as exc:
+        if "cache_persistence_options" not in common:
+            raise
+        log.info("no encrypted token cache on this system (%s): %s sign-in will not be remembered", exc, what)
+        common.pop("cache_persistence_options")
+        return make()
+
+
+def _headless(env: Any) -> bool:
+    """SSH sessions and Linux without a display cannot open a browser: use the device code straight away."""
+    import sys  # noqa: PLC0415
+
+    if env.get("SSH_CONNECTION"):
+        return True
+    return sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"

@@ -1,0 +1,617 @@
+"""AsyncEntraClient: Microsoft Graph through msgraph-sdk (the one module that imports msgraph, msgraph_core, kiota).
+
+The SDK provides the HTTP pipeline (its middleware, the kiota auth provider restricted to the Graph host, the
+``/me`` rewrite); we send raw :class:`RequestInformation` and read raw JSON, because typed models cost ~10 ms per
+object (``graph-api.md`` section 11). ``$batch`` bodies are built here: msgraph-core's batch helpers are broken.
+Retries (request-level and per batch item) use stamina and honour ``Retry-After`` in all its forms; SDK-level
+retries are off so that there is one retry mechanism, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Self, TypeVar
+from urllib.parse import quote, urlencode
+
+import attrs
+import httpx
+import stamina
+from kiota_abstractions.method import Method
+from kiota_abstractions.native_response_handler import NativeResponseHandler
+from kiota_abstractions.request_information import RequestInformation
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
+from msgraph.graph_request_adapter import GraphRequestAdapter
+from msgraph.graph_request_adapter import options as graph_default_options
+from msgraph_core import GraphClientFactory
+
+from . import _odata
+from ._retry import Retryable, RetryPolicy, backoff_hook, parse_retry_after
+from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, GraphSettings
+from .exceptions import EntraAPIError, EntraAuthError, EntraError
+from .models import EntraUser, MatchedBy
+
+__all__ = ["AsyncEntraClient", "AttributeSetCheck", "Match", "WriteResult"]
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 20
+WRITE_TYPE = "#Microsoft.DirectoryServices.CustomSecurityAttributeValue"
+USER_SELECT = "id,userPrincipalName,mail,otherMails,displayName,accountEnabled"
+_RETRYABLE = frozenset({429, 503, 504})
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Match:
+    """How one e-mail address resolved in Entra: a unique user, nobody, or several (``candidates``)."""
+
+    user: EntraUser | None = None
+    matched_by: MatchedBy | None = None
+    candidates: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def unique(self) -> bool:
+        return self.user is not None
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.candidates) > 1
+
+
+@attrs.frozen
+class WriteResult:
+    ok: bool
+    status: int
+    error: str | None = None
+    retries: int = 0
+
+
+@attrs.frozen
+class AttributeSetCheck:
+    """What the attribute definitions say: ``readable`` False when the caller may not read them."""
+
+    readable: bool
+    set_exists: bool = False
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.readable and self.set_exists and not self.problems
+
+
+def chunked(values: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``values`` in slices of at most ``size``."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+class _RateLimiter:
+    """Token bucket for Graph writes that slows down when 429s still arrive and recovers slowly."""
+
+    def __init__(self, rate: float) -> None:
+        self.target = rate
+        self.rate = rate
+        self._allowance = min(rate, float(BATCH_LIMIT)) if rate > 0 else 0.0
+        self._last = time.monotonic()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, n: int) -> None:
+        if self.target <= 0:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                if now < self._paused_until:
+                    await asyncio.sleep(self._paused_until - now)
+                    continue
+                capacity = max(float(n), min(self.rate, float(BATCH_LIMIT)))
+                self._allowance = min(capacity, self._allowance + (now - self._last) * self.rate)
+                self._last = now
+                if self._allowance >= n:
+                    self._allowance -= n
+                    return
+                await asyncio.sleep((n - self._allowance) / self.rate)
+
+    def throttled(self, wait: float | None) -> None:
+        """A write was refused with 429: back off to 70 % of the rate and pause for what the server asked."""
+        if self.target <= 0:
+            return
+        self.rate = max(self.target / 20, self.rate * 0.7)
+        self._paused_until = max(self._paused_until, time.monotonic() + (wait if wait is not None else 1.0))
+        self._allowance = 0.0
+        log.info("Graph throttled writes: pacing down to %.1f writes/s", self.rate)
+
+    def succeeded(self, n: int) -> None:
+        if 0 < self.rate < self.target:
+            self.rate = min(self.target, self.rate * (1 + 0.01 * n))
+
+
+def _odata_error(response: httpx.Response | Mapping[str, Any], status: int) -> tuple[str, str]:
+    if isinstance(response, httpx.Response):
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+    else:
+        body = response.get("body")
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code") or status), str(error.get("message") or "")
+    return str(status), ""
+
+
+class AsyncEntraClient:
+    """Microsoft Graph for this tool: find users and groups, check, write and read the two attributes.
+
+    Give it a credential (anything with ``get_token``; see :func:`defguard_entra._credentials.build_credential`)
+    and the :class:`GraphSettings`; ``http_client`` may be injected (we then do not close it). Use ``async with``.
+    """
+
+    def __init__(
+        self,
+        settings: GraphSettings,
+        credential: Any,
+        *,
+        scopes: Sequence[str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        write_rate: float = 20.0,
+        parallel_batches: int = 4,
+        timeout: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.base_url = settings.base_url
+        self._credential = credential
+        self._owns_http = http_client is None
+        # msgraph-core's AsyncGraphTransport wraps the client's transport but has no aclose(), so closing the
+        # client leaks its connections: keep our own transport and close it ourselves.
+        self._transport: httpx.AsyncHTTPTransport | None = None
+        if http_client is None:
+            self._transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max(8, parallel_batches)))
+            http_client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), transport=self._transport)
+        self._http = http_client
+        options = {
+            **graph_default_options,
+            RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, delay=0, should_retry=False),
+        }
+        wrapped = GraphClientFactory.create_with_default_middleware(client=self._http, options=options)
+        scope_list = list(scopes) if scopes else [f"{settings.resource}/.default"]
+        auth = AzureIdentityAuthenticationProvider(credential, scopes=scope_list, allowed_hosts=[settings.host])
+        self._scopes = scope_list
+        self._adapter = GraphRequestAdapter(auth, client=wrapped)
+        self._adapter.base_url = self.base_url
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.limiter = _RateLimiter(write_rate)
+        self._batches = asyncio.Semaphore(max(1, parallel_batches))
+        self.stats: dict[str, int] = {"requests": 0, "throttled": 0, "retries": 0}
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+            if self._transport is not None:
+                await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- sign-in ---------------------------------------------------------------------------------------------
+
+    async def sign_in(self) -> None:
+        """Acquire the first access token now (prompts happen here, before any work fans out)."""
+        await asyncio.to_thread(self._credential.get_token, *self._scopes, enable_cae=True)
+
+    async def me(self) -> dict[str, Any]:
+        """The signed-in user (delegated sign-in only)."""
+        return await self._get_json(f"{self.base_url}/me?$select={USER_SELECT}")
+
+    # -- transport -------------------------------------------------------------------------------------------
+
+    def _url(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        url = f"{self.base_url}{path}"
+        if params:
+            url += "?" + urlencode(params, quote_via=quote, safe="$,")
+        return url
+
+    async def _send_once(
+        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        info = RequestInformation()
+        info.http_method = Method(method)
+        info.url = url
+        for name, value in (headers or {}).items():
+            info.headers.try_add(name, value)
+        if body is not None:
+            info.headers.try_add("Content-Type", "application/json")
+            info.content = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        info.add_request_options([ResponseHandlerOption(NativeResponseHandler())])
+        self.stats["requests"] += 1
+        try:
+            response = await self._adapter.send_primitive_async(info, "bytes", {})
+        except httpx.TransportError as exc:
+            raise Retryable(EntraError(f"cannot reach Microsoft Graph at {self.base_url}: {exc!s}"), None) from None
+        except EntraError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "HTTPError" and "https" in str(exc):
+                raise EntraError(f"Graph refused the URL {url.split('?', maxsplit=1)[0]}: {exc}") from None
+            raise
+        if not isinstance(response, httpx.Response):  # pragma: no cover - NativeResponseHandler guarantees it
+            raise EntraError("the Graph SDK returned no HTTP response")
+        if response.status_code in _RETRYABLE:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            code, message = _odata_error(response, response.status_code)
+            self.stats["throttled"] += response.status_code == 429
+            if response.status_code == 429 and method == "PATCH":
+                self.limiter.throttled(wait)
+            raise Retryable(
+                EntraAPIError(response.status_code, code, message, method=method, url=url.split("?", maxsplit=1)[0]),
+                wait,
+            )
+        return response
+
+    async def _send(
+        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[httpx.Response, int]:
+        policy = self.retry
+        try:
+            async for attempt in stamina.retry_context(
+                on=backoff_hook,
+                attempts=policy.attempts,
+                timeout=policy.timeout,
+                wait_initial=policy.wait_initial,
+                wait_max=policy.wait_max,
+            ):
+                with attempt:
+                    if attempt.num > 1:
+                        self.stats["retries"] += 1
+                    return await self._send_once(method, url, body, headers), attempt.num - 1
+        except Retryable as exc:
+            raise exc.error from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get_json(self, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        response, _ = await self._send("GET", url, headers=headers)
+        return self._json_or_raise("GET", url, response)
+
+    def _json_or_raise(self, method: str, url: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status >= 400:
+            code, message = _odata_error(response, status)
+            error_type = EntraAuthError if status == 401 else EntraAPIError
+            if error_type is EntraAuthError:
+                raise EntraAuthError(f"Graph refused the access token (401 {code}): {message or 'sign in again'}")
+            raise EntraAPIError(status, code, message, method=method, url=url.split("?", maxsplit=1)[0])
+        try:
+            payload = response.json()
+        except ValueError:
+            raise EntraAPIError(
+                status, "InvalidResponse", "the answer is not JSON", method=method, url=url.split("?", maxsplit=1)[0]
+            ) from None
+        if not isinstance(payload, dict):
+            raise EntraAPIError(
+                status,
+                "InvalidResponse",
+                "the answer is not a JSON object",
+                method=method,
+                url=url.split("?", maxsplit=1)[0],
+            )
+        return payload
+
+    async def _get_all(self, url: str) -> list[dict[str, Any]]:
+        """Follow ``@odata.nextLink`` until it is absent (empty pages with a nextLink included)."""
+        items: list[dict[str, Any]] = []
+        next_url: str | None = url
+        pages = 0
+        while next_url:
+            page = await self._get_json(next_url)
+            items.extend(page.get("value") or [])
+            next_url = page.get("@odata.nextLink")
+            pages += 1
+            if pages > 100_000:  # pragma: no cover - a server bug, not a directory
+                raise EntraError("Graph paging did not end")
+        return items
+
+    # -- $batch ----------------------------------------------------------------------------------------------
+
+    async def batch(self, requests: Sequence[Mapping[str, Any]]) -> dict[str, tuple[dict[str, Any], int]]:
+        """Send up to 20 items as one ``$batch``; items answered 429/503/504 are retried on their own.
+
+        Returns ``{id: (item_response, retries)}`` for every item; correlate by id (Graph may reorder them).
+        """
+        if not 0 < len(requests) <= BATCH_LIMIT:
+            msg = f"a batch holds 1 to {BATCH_LIMIT} requests, not {len(requests)}"
+            raise ValueError(msg)
+        pending = {str(item["id"]): dict(item) for item in requests}
+        done: dict[str, tuple[dict[str, Any], int]] = {}
+        attempts: dict[str, int] = dict.fromkeys(pending, 0)
+        policy = self.retry
+        deadline = time.monotonic() + policy.timeout
+        delay = policy.wait_initial
+        url = f"{self.base_url}/$batch"
+        while pending:
+            writes = sum(1 for item in pending.values() if item["method"] == "PATCH")
+            if writes:
+                await self.limiter.acquire(writes)
+            async with self._batches:
+                response, _ = await self._send("POST", url, {"requests": list(pending.values())})
+            payload = self._json_or_raise("POST", url, response)
+            answered = {str(r.get("id")): r for r in payload.get("responses") or []}
+            waits: list[float] = []
+            retry_ids = []
+            throttled_writes = False
+            for item_id, item in list(pending.items()):
+                answer = answered.get(item_id)
+                status = int(answer.get("status", 0)) if answer else 0
+                if answer is not None and status not in _RETRYABLE:
+                    done[item_id] = (answer, attempts[item_id])
+                    del pending[item_id]
+                    continue
+                attempts[item_id] += 1
+                headers = {str(k).lower(): str(v) for k, v in ((answer or {}).get("headers") or {}).items()}
+                wait = parse_retry_after(headers.get("retry-after"))
+                if wait is not None:
+                    waits.append(wait)
+                if status == 429:
+                    self.stats["throttled"] += 1
+                    throttled_writes |= item["method"] == "PATCH"
+                retry_ids.append(item_id)
+                if attempts[item_id] >= policy.attempts or time.monotonic() >= deadline:
+                    code, message = _odata_error(answer or {}, status)
+                    done[item_id] = (
+                        {
+                            "id": item_id,
+                            "status": status or 599,
+                            "body": {"error": {"code": code, "message": message or "no answer"}},
+                        },
+                        attempts[item_id],
+                    )
+                    del pending[item_id]
+            if writes and len(retry_ids) < writes:
+                self.limiter.succeeded(writes - len(retry_ids))
+            if not pending:
+                break
+            wait = max(waits) if waits else delay
+            if throttled_writes:
+                self.limiter.throttled(wait)
+            self.stats["retries"] += len(pending)
+            log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)
+            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            delay = min(policy.wait_max, delay * 2)
+        return done
+
+    async def _batched(self, requests: Sequence[Mapping[str, Any]]) -> dict[str, tuple[dict[str, Any], int]]:
+        """Any number of items, in batches of 20 sent in parallel (bounded by ``parallel_batches``)."""
+        results = await asyncio.gather(*(self.batch(chunk) for chunk in chunked(requests, BATCH_LIMIT)))
+        merged: dict[str, tuple[dict[str, Any], int]] = {}
+        for result in results:
+            merged.update(result)
+        return merged
+
+    # -- users -----------------------------------------------------------------------------------------------
+
+    async def find_users(self, addresses: Iterable[str]) -> dict[str, Match]:
+        """Resolve e-mail addresses: by ``mail``, then ``userPrincipalName``, then ``otherMails``.
+
+        Keys of the result are the addresses lower-cased. Lookups are grouped (``in (…)`` filters of 15 inside
+        ``$batch`` requests of 20, so 300 addresses per HTTP request); a stage that matches more than one user
+        makes the address ambiguous, and an address settled at one stage is not looked up at the next.
+        """
+        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
+        result: dict[str, Match] = {}
+        remaining = wanted
+        for prop, matched_by in (("mail", MatchedBy.MAIL), ("userPrincipalName", MatchedBy.USER_PRINCIPAL_NAME)):
+            if not remaining:
+                break
+            found = await self._lookup_in(prop, remaining)
+            remaining = self._settle(found, matched_by, result, remaining)
+        if remaining:
+            found = await self._lookup_each(remaining)
+            remaining = self._settle(found, MatchedBy.OTHER_MAILS, result, remaining)
+        for address in remaining:
+            result[address] = Match()
+        return result
+
+    @staticmethod
+    def _settle(
+        found: Mapping[str, list[EntraUser]], matched_by: MatchedBy, result: dict[str, Match], remaining: Sequence[str]
+    ) -> list[str]:
+        left = []
+        for address in remaining:
+            users = {u.id: u for u in found.get(address, [])}
+            if len(users) == 1:
+                result[address] = Match(next(iter(users.values())), matched_by)
+            elif len(users) > 1:
+                names = tuple(sorted(u.user_principal_name or u.id for u in users.values()))
+                result[address] = Match(
+                    None, matched_by, names, f"{len(users)} Entra users match by {matched_by.value}: {', '.join(names)}"
+                )
+            else:
+                left.append(address)
+        return left
+
+    def _query_item(self, item_id: str, filter_: str) -> dict[str, Any]:
+        query = urlencode({"$filter": filter_, "$select": USER_SELECT, "$top": "999"}, quote_via=quote, safe="$,")
+        return {"id": item_id, "method": "GET", "url": f"/users?{query}"}
+
+    async def _collect(self, items: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]] | None]:
+        """Run GET items; follow nextLinks; ``None`` for an item Graph refused with 400 (unsupported filter)."""
+        answers = await self._batched(items)
+        out: dict[str, list[dict[str, Any]] | None] = {}
+        for item in items:
+            answer, _ = answers[item["id"]]
+            status = int(answer.get("status", 0))
+            body = answer.get("body")
+            if status == 400:
+                out[item["id"]] = None
+                continue
+            if status >= 400 or not isinstance(body, dict):
+                code, message = _odata_error(answer, status)
+                if status == 401:
+                    raise EntraAuthError(f"Graph refused the access token (401 {code}): {message}")
+                raise EntraAPIError(status, code, message, method="GET", url="/users")
+            rows = list(body.get("value") or [])
+            if body.get("@odata.nextLink"):
+                rows.extend(await self._get_all(str(body["@odata.nextLink"])))
+            out[item["id"]] = rows
+        return out
+
+    async def _lookup_in(self, prop: str, addresses: Sequence[str]) -> dict[str, list[EntraUser]]:
+        chunks = chunked(addresses, _odata.IN_LIMIT)
+        items = [self._query_item(str(n), _odata.in_(prop, chunk)) for n, chunk in enumerate(chunks)]
+        answers = await self._collect(items)
+        found: dict[str, list[EntraUser]] = {}
+        unsupported: list[str] = []
+        for n, chunk in enumerate(chunks):
+            rows = answers[str(n)]
+            if rows is None:  # this tenant refuses `in`: fall back to one `eq` per address
+                unsupported.extend(chunk)
+                continue
+            wanted = set(chunk)
+            for row in rows:
+                key = str(row.get(prop) or "").lower()
+                if key in wanted:
+                    found.setdefault(key, []).append(EntraUser.from_api(row))
+        if unsupported:
+            log.info("Graph refused %s in (…): looking up %d address(es) one by one", prop, len(unsupported))
+            items = [self._query_item(str(n), _odata.eq(prop, a)) for n, a in enumerate(unsupported)]
+            single = await self._collect(items)
+            for n, address in enumerate(unsupported):
+                found[address] = [EntraUser.from_api(r) for r in single[str(n)] or []]
+        return found
+
+    async def _lookup_each(self, addresses: Sequence[str]) -> dict[str, list[EntraUser]]:
+        items = [self._query_item(str(n), _odata.any_eq("otherMails", a)) for n, a in enumerate(addresses)]
+        answers = await self._collect(items)
+        found: dict[str, list[EntraUser]] = {}
+        for n, address in enumerate(addresses):
+            rows = answers[str(n)]
+            if rows is None:
+                raise EntraAPIError(400, "Request_UnsupportedQuery", "Graph refused the otherMails filter")
+            found[address] = [EntraUser.from_api(r) for r in rows]
+        return found
+
+    # -- groups ----------------------------------------------------------------------------------------------
+
+    async def find_groups(self, display_name: str) -> list[dict[str, Any]]:
+        """Groups whose displayName equals ``display_name`` (names are not unique in Entra)."""
+        url = self._url("/groups", {"$filter": _odata.eq("displayName", display_name), "$select": "id,displayName"})
+        return await self._get_all(url)
+
+    async def group_members(self, group_id: str, *, transitive: bool = True) -> list[EntraUser]:
+        """The users in a group (nested groups flattened when ``transitive``), each once."""
+        relation = "transitiveMembers" if transitive else "members"
+        url = self._url(f"/groups/{quote(group_id, safe='')}/{relation}", {"$select": USER_SELECT, "$top": "999"})
+        seen: dict[str, EntraUser] = {}
+        for row in await self._get_all(url):
+            if row.get("@odata.type", "#microsoft.graph.user") != "#microsoft.graph.user" or "id" not in row:
+                continue
+            seen.setdefault(str(row["id"]), EntraUser.from_api(row))
+        return list(seen.values())
+
+    # -- custom security attributes --------------------------------------------------------------------------
+
+    async def check_attribute_set(self, set_name: str) -> AttributeSetCheck:
+        """Check the set and both String attributes are defined; ``readable=False`` if we may not look."""
+        url = self._url(
+            "/directory/customSecurityAttributeDefinitions", {"$filter": _odata.eq("attributeSet", set_name)}
+        )
+        response, _ = await self._send("GET", url)
+        if response.status_code == 403:
+            return AttributeSetCheck(readable=False)
+        payload = self._json_or_raise("GET", url, response)
+        definitions = {str(d.get("name")): d for d in payload.get("value") or [] if d.get("attributeSet") == set_name}
+        problems = []
+        for name in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL):
+            definition = definitions.get(name)
+            if definition is None:
+                problems.append(f"attribute {set_name}.{name} is not defined")
+                continue
+            if definition.get("type") != "String":
+                problems.append(f"{set_name}.{name} has type {definition.get('type')}, it must be String")
+            if definition.get("isCollection"):
+                problems.append(f"{set_name}.{name} allows multiple values: it must be single-valued")
+            if definition.get("usePreDefinedValuesOnly"):
+                problems.append(f"{set_name}.{name} only allows predefined values: turn that off")
+            if definition.get("status", "Available") != "Available":
+                problems.append(f"{set_name}.{name} is {definition.get('status')}: it must be Available")
+        exists = bool(definitions) or await self._attribute_set_exists(set_name)
+        return AttributeSetCheck(readable=True, set_exists=exists, problems=tuple(problems))
+
+    async def _attribute_set_exists(self, set_name: str) -> bool:
+        url = f"{self.base_url}/directory/attributeSets/{quote(set_name, safe='')}"
+        response, _ = await self._send("GET", url)
+        return response.status_code == 200
+
+    def _patch_item(
+        self, item_id: str, entra_id: str, set_name: str, values: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        return {
+            "id": item_id,
+            "method": "PATCH",
+            "url": f"/users/{quote(entra_id, safe='')}",
+            "headers": {"Content-Type": "application/json"},
+            "body": {"customSecurityAttributes": {set_name: {"@odata.type": WRITE_TYPE, **values}}},
+        }
+
+    async def write_attributes(
+        self,
+        set_name: str,
+        values: Mapping[str, Mapping[str, str | None]],
+    ) -> dict[str, WriteResult]:
+        """Write attributes for many users (``{entra_id: {attribute: value-or-None}}``) in paced ``$batch``es."""
+        ids = list(values)
+        items = [self._patch_item(str(n), entra_id, set_name, values[entra_id]) for n, entra_id in enumerate(ids)]
+        answers = await self._batched(items)
+        results = {}
+        for n, entra_id in enumerate(ids):
+            answer, retries = answers[str(n)]
+            status = int(answer.get("status", 0))
+            if 200 <= status < 300:
+                results[entra_id] = WriteResult(ok=True, status=status, retries=retries)
+            else:
+                code, message = _odata_error(answer, status)
+                error = f"Graph {status} {code}: {message}".rstrip(": ")
+                results[entra_id] = WriteResult(ok=False, status=status, error=error, retries=retries)
+        return results
+
+    async def read_attributes(self, set_name: str, entra_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The attribute set's values per user (``None`` when nothing is stored *or* we may not read it)."""
+        items = [
+            {"id": str(n), "method": "GET", "url": f"/users/{quote(i, safe='')}?$select=id,customSecurityAttributes"}
+            for n, i in enumerate(entra_ids)
+        ]
+        answers = await self._batched(items)
+        out: dict[str, dict[str, Any] | None] = {}
+        for n, entra_id in enumerate(entra_ids):
+            answer, _ = answers[str(n)]
+            status = int(answer.get("status", 0))
+            if status >= 400:
+                code, message = _odata_error(answer, status)
+                raise EntraAPIError(status, code, message, method="GET", url=f"/users/{entra_id}")
+            body = answer.get("body") or {}
+            out[entra_id] = _attribute_values(body, set_name)
+        return out
+
+    async def read_my_attributes(self, set_name: str) -> dict[str, Any] | None:
+        """The signed-in user's values in ``set_name`` (``None``: not assigned, or not permitted to read)."""
+        payload = await self._get_json(f"{self.base_url}/me?$select=id,userPrincipalName,customSecurityAttributes")
+        return _attribute_values(payload, set_name)
+
+
+def _attribute_values(body: Mapping[str, Any], set_name: str) -> dict[str, Any] | None:
+    attributes = body.get("customSecurityAttributes")
+    if not isinstance(attributes, dict):
+        return None
+    values = attributes.get(set_name)
+    if not isinstance(values, dict):
+        return None
+    return {k: v for k, v in values.items() if not k.startswith("@") and v is not None} or None

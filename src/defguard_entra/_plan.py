@@ -1,0 +1,96 @@
+"""Pure decisions: who gets a token, who is skipped and why. No I/O, no clock, no logging."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from .models import DefguardUser, EntraUser, MatchedBy, Status, TokenKind
+
+__all__ = ["EnrolledPolicy", "Member", "classify", "detect_shared_entra_users", "map_entra_members"]
+
+EnrolledPolicy = str  # "skip" | "desktop"
+
+
+@attrs.define
+class Member:
+    """One group member as the run learns about it (mutable while the run goes; outcomes are frozen)."""
+
+    username: str | None
+    defguard: DefguardUser | None = None
+    entra: EntraUser | None = None
+    matched_by: MatchedBy | None = None
+    status: Status | None = None
+    error: str | None = None
+    kind: TokenKind | None = None
+
+    @property
+    def email(self) -> str | None:
+        return self.defguard.email if self.defguard is not None else None
+
+    @property
+    def settled(self) -> bool:
+        return self.status is not None
+
+    def settle(self, status: Status, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+
+
+def classify(user: DefguardUser, enrolled: EnrolledPolicy) -> Status | TokenKind:
+    """A Defguard user's fate before Entra is asked: a skip status, or the kind of token to mint."""
+    if not user.active:
+        return Status.DISABLED
+    if not user.email:
+        return Status.NO_EMAIL
+    if user.enrolled:
+        return TokenKind.DESKTOP if enrolled == "desktop" else Status.ALREADY_ENROLLED
+    return TokenKind.ENROLLMENT
+
+
+def map_entra_members(
+    entra_members: Sequence[EntraUser],
+    defguard_users: Iterable[DefguardUser],
+) -> list[Member]:
+    """Entra group members → Defguard users: the user whose e-mail equals the member's mail, else its UPN, else one
+    of its otherMails (case-insensitively). A member with no Defguard user is ``not_in_defguard``."""
+    by_email: dict[str, list[DefguardUser]] = defaultdict(list)
+    for user in defguard_users:
+        if user.email:
+            by_email[user.email.strip().lower()].append(user)
+    members = []
+    for entra in entra_members:
+        found: DefguardUser | None = None
+        how: MatchedBy | None = None
+        candidates: list[tuple[MatchedBy, str]] = []
+        if entra.mail:
+            candidates.append((MatchedBy.MAIL, entra.mail))
+        if entra.user_principal_name:
+            candidates.append((MatchedBy.USER_PRINCIPAL_NAME, entra.user_principal_name))
+        candidates.extend((MatchedBy.OTHER_MAILS, m) for m in entra.other_mails)
+        for matched_by, address in candidates:
+            users = by_email.get(address.strip().lower(), [])
+            if users:
+                found, how = users[0], matched_by
+                break
+        member = Member(found.username if found else None, found, entra, how)
+        if found is None:
+            member.settle(Status.NOT_IN_DEFGUARD, "no Defguard user has this member's mail, UPN or other mails")
+        members.append(member)
+    return members
+
+
+def detect_shared_entra_users(members: Sequence[Member]) -> None:
+    """Two Defguard users resolved to one Entra user would overwrite each other's token: make both ambiguous."""
+    by_entra: dict[str, list[Member]] = defaultdict(list)
+    for member in members:
+        if member.status is None and member.entra is not None:
+            by_entra[member.entra.id].append(member)
+    for entra_id, sharing in by_entra.items():
+        if len(sharing) > 1:
+            names = ", ".join(sorted(m.username or "?" for m in sharing))
+            upn = sharing[0].entra.user_principal_name if sharing[0].entra else entra_id
+            for member in sharing:
+                member.settle(Status.AMBIGUOUS, f"Entra user {upn} matches several Defguard users: {names}")

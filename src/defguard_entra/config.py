@@ -1,0 +1,263 @@
+"""Settings: everything a run needs, validated once. :meth:`Settings.from_env` is the only reader of the environment.
+
+The CLI builds a :class:`Settings` from the environment, then overrides it with flags (``attrs.evolve``); library
+users build one directly. Validation happens in :meth:`Settings.validate`, before any request is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Self
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._retry import RetryPolicy
+from .exceptions import ConfigurationError
+from .models import Secret
+
+__all__ = [
+    "ATTRIBUTE_TOKEN",
+    "ATTRIBUTE_URL",
+    "DEFAULT_ATTRIBUTE_SET",
+    "GRAPH_CLI_CLIENT_ID",
+    "AuthMode",
+    "Cloud",
+    "GraphSettings",
+    "Settings",
+    "validate_attribute_set_name",
+    "validate_defguard_url",
+    "validate_graph_url",
+]
+
+DEFAULT_ATTRIBUTE_SET = "Defguard"
+ATTRIBUTE_TOKEN = "EnrollmentToken"  # noqa: S105 - an attribute name
+ATTRIBUTE_URL = "EnrollmentUrl"
+#: Microsoft Graph Command Line Tools: the public client ``Connect-MgGraph`` (and so the PowerShell script) uses.
+GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+#: Graph's limit on a custom security attribute's string value.
+ATTRIBUTE_VALUE_LIMIT = 64
+
+
+class Cloud(enum.StrEnum):
+    """National clouds: each has its own Graph root and sign-in authority."""
+
+    GLOBAL = "global"
+    USGOV = "usgov"
+    USGOV_DOD = "usgov-dod"
+    CHINA = "china"
+
+    @property
+    def graph_root(self) -> str:
+        return _CLOUDS[self][0]
+
+    @property
+    def authority(self) -> str:
+        return _CLOUDS[self][1]
+
+
+_CLOUDS = {
+    Cloud.GLOBAL: ("https://graph.microsoft.com", "login.microsoftonline.com"),
+    Cloud.USGOV: ("https://graph.microsoft.us", "login.microsoftonline.us"),
+    Cloud.USGOV_DOD: ("https://dod-graph.microsoft.us", "login.microsoftonline.us"),
+    Cloud.CHINA: ("https://microsoftgraph.chinacloudapi.cn", "login.chinacloudapi.cn"),
+}
+
+
+class AuthMode(enum.StrEnum):
+    """How to sign in to Microsoft Graph (see ``docs/entra-setup.md``)."""
+
+    AUTO = "auto"
+    INTERACTIVE = "interactive"
+    DEVICE_CODE = "device-code"
+    ENVIRONMENT = "environment"
+    MANAGED_IDENTITY = "managed-identity"
+    AZURE_CLI = "azure-cli"
+    TOKEN = "token"  # noqa: S105 - a mode name, not a secret
+
+
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")
+
+
+def validate_attribute_set_name(name: str) -> str:
+    """Entra's rule: 1–32 letters and digits, not starting with a digit."""
+    if not _ATTRIBUTE_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"--attribute-set-name {name!r} is not a name Entra accepts: use 1 to 32 letters and digits, "
+            "starting with a letter (no spaces, '_' or '-')"
+        )
+    return name
+
+
+def validate_defguard_url(url: str) -> str:
+    """Check a Defguard base URL and return it without trailing slashes; raise :class:`ConfigurationError`."""
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"}:
+        raise ConfigurationError(
+            f"--url {url!r} must start with https:// (or http://), e.g. https://defguard.example.com"
+        )
+    if not parts.hostname:
+        raise ConfigurationError(f"--url {url!r} has no host name, e.g. https://defguard.example.com")
+    if parts.username or parts.password:
+        raise ConfigurationError("--url must not contain a user name or password: pass the API token instead")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"--url {url!r} must not contain '?' or '#': give the Defguard base URL only")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigurationError(f"--url {url!r} has an invalid port") from None
+    return text.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_graph_url(url: str) -> str:
+    """A Graph API base URL including the version segment, e.g. ``https://graph.microsoft.us/v1.0``."""
+    text = url.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ConfigurationError(f"--graph-url {url!r} must be a URL like https://graph.microsoft.com/v1.0")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"--graph-url {url!r} uses http:// on a non-loopback host: use https:// (http is only for local emulators)"
+        )
+    if not re.fullmatch(r"/(v1\.0|beta)", parts.path or ""):
+        raise ConfigurationError(
+            f"--graph-url {url!r} must end with the API version, e.g. {parts.scheme}://{parts.netloc}/v1.0"
+        )
+    if parts.query or parts.fragment or parts.username:
+        raise ConfigurationError(f"--graph-url {url!r} must not carry a query, fragment or credentials")
+    return text
+
+
+@attrs.frozen
+class GraphSettings:
+    """How to reach and sign in to Microsoft Graph."""
+
+    auth: AuthMode = AuthMode.AUTO
+    tenant_id: str | None = None
+    client_id: str | None = None
+    cloud: Cloud = Cloud.GLOBAL
+    graph_url: str | None = None  # overrides the cloud's root; includes /v1.0
+    static_token: Secret | None = None  # DEFGUARD_ENTRA_GRAPH_TOKEN
+    token_cache: bool = True
+    # Environment needed by azure-identity's EnvironmentCredential / workload identity; passed explicitly so that
+    # nothing below the CLI reads os.environ.
+    environment: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return self.graph_url or f"{self.cloud.graph_root}/v1.0"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def resource(self) -> str:
+        """Scope root: ``https://graph.microsoft.com`` (for ``/.default`` and delegated scopes)."""
+        if self.graph_url and _is_loopback(self.host):
+            return self.cloud.graph_root
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def resolved_auth(self) -> AuthMode:
+        """``auto`` made concrete: a static token, else a service principal from ``AZURE_*``, else interactive."""
+        if self.auth is not AuthMode.AUTO:
+            return self.auth
+        if self.static_token:
+            return AuthMode.TOKEN
+        env = self.environment
+        if (
+            env.get("AZURE_CLIENT_ID")
+            and env.get("AZURE_TENANT_ID")
+            and (
+                env.get("AZURE_CLIENT_SECRET")
+                or env.get("AZURE_CLIENT_CERTIFICATE_PATH")
+                or env.get("AZURE_FEDERATED_TOKEN_FILE")
+            )
+        ):
+            return AuthMode.ENVIRONMENT
+        return AuthMode.INTERACTIVE
+
+    def validate(self) -> Self:
+        if self.graph_url is not None:
+            validate_graph_url(self.graph_url)
+        mode = self.resolved_auth()
+        if mode is AuthMode.TOKEN and not self.static_token:
+            raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
+        return self
+
+
+def _retry_default() -> RetryPolicy:
+    return RetryPolicy()
+
+
+@attrs.frozen
+class Settings:
+    """Everything ``provision`` and friends need. Build with keywords, or :meth:`from_env` and ``attrs.evolve``."""
+
+    defguard_url: str | None = None
+    defguard_token: Secret | None = attrs.field(default=None, repr=False)
+    ca_bundle: str | None = None
+    attribute_set: str = DEFAULT_ATTRIBUTE_SET
+    token_lifetime: dt.timedelta | None = None
+    graph: GraphSettings = attrs.field(factory=GraphSettings)
+    timeout: float = 30.0
+    concurrency: int = 16
+    graph_write_rate: float = 20.0  # PATCHes per second; 0 = unlimited
+    retry: RetryPolicy = attrs.field(factory=_retry_default)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        """Read ``DEFGUARD_URL``, ``DEFGUARD_API_TOKEN``, ``DEFGUARD_ENTRA_GRAPH_TOKEN``,
+        ``DEFGUARD_ENTRA_GRAPH_URL`` and the standard ``AZURE_*`` variables from ``environ`` (a mapping)."""
+        token = environ.get("DEFGUARD_API_TOKEN")
+        graph_token = environ.get("DEFGUARD_ENTRA_GRAPH_TOKEN")
+        azure = {k: v for k, v in environ.items() if k.startswith(("AZURE_", "IDENTITY_", "MSI_"))}
+        return cls(
+            defguard_url=environ.get("DEFGUARD_URL") or None,
+            defguard_token=Secret(token.strip()) if token and token.strip() else None,
+            graph=GraphSettings(
+                tenant_id=environ.get("AZURE_TENANT_ID") or None,
+                client_id=environ.get("AZURE_CLIENT_ID") or None,
+                graph_url=environ.get("DEFGUARD_ENTRA_GRAPH_URL") or None,
+                static_token=Secret(graph_token.strip()) if graph_token and graph_token.strip() else None,
+                environment=azure,
+            ),
+        )
+
+    def require_defguard(self) -> tuple[str, Secret]:
+        """The Defguard URL and token, or a :class:`ConfigurationError` saying how to give them."""
+        if not self.defguard_url:
+            raise ConfigurationError("no Defguard URL: pass --url https://defguard.example.com or set DEFGUARD_URL")
+        if not self.defguard_token:
+            raise ConfigurationError(
+                "no Defguard API token: set DEFGUARD_API_TOKEN, or pass --api-token-file PATH or --api-token -"
+            )
+        return self.defguard_url, self.defguard_token
+
+    def validate(self) -> Self:
+        if self.defguard_url is not None:
+            validate_defguard_url(self.defguard_url)
+        validate_attribute_set_name(self.attribute_set)
+        if self.concurrency < 1 or self.concurrency > 256:
+            raise ConfigurationError(f"--concurrency {self.concurrency} must be between 1 and 256")
+        if self.graph_write_rate < 0:
+            raise ConfigurationError("--graph-write-rate must be 0 (unlimited) or a positive number of writes/s")
+        if self.timeout <= 0:
+            raise ConfigurationError("--timeout must be a positive number of seconds")
+        self.graph.validate()
+        return self

@@ -1,0 +1,99 @@
+"""The exception hierarchy: one root, a branch per service.
+
+Per-member problems (no Entra match, an ambiguous match, a failed write) are not exceptions: they are
+:class:`~defguard_entra.models.Outcome` values in the report. Exceptions are for what stops a whole run.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DefguardAPIError",
+    "DefguardAuthError",
+    "DefguardEntraError",
+    "DefguardError",
+    "DefguardUnreachableError",
+    "EntraAPIError",
+    "EntraAuthError",
+    "EntraError",
+    "PreflightError",
+    "UnexpectedResponseError",
+]
+
+
+class DefguardEntraError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ConfigurationError(DefguardEntraError):
+    """Settings, flags or environment are wrong; raised before any request is sent."""
+
+
+class PreflightError(DefguardEntraError):
+    """A precondition of the run does not hold (group missing, attribute set missing, …); nothing was changed."""
+
+
+class DefguardError(DefguardEntraError):
+    """Anything that went wrong talking to Defguard."""
+
+
+class DefguardUnreachableError(DefguardError):
+    """Network, TLS or timeout failure: no HTTP answer from Defguard."""
+
+
+class DefguardAPIError(DefguardError):
+    """Defguard answered with an error status.
+
+    ``status`` is the HTTP status, ``message`` the server's ``msg`` (or the text body), ``method`` and ``url``
+    what was asked (the URL never carries a secret).
+    """
+
+    def __init__(self, method: str, url: str, status: int, message: str, hint: str | None = None) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.message = message
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"Defguard {self.method} {self.url} → {self.status}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int, str, str | None]]:
+        return (type(self), (self.method, self.url, self.status, self.message, self.hint))
+
+
+class DefguardAuthError(DefguardAPIError):
+    """401/403: the API token is unknown, revoked, not an admin's, or ignored (license gate off)."""
+
+
+class UnexpectedResponseError(DefguardAPIError):
+    """A 2xx answer that is not JSON: usually the web UI answering a wrong path (check the URL)."""
+
+
+class EntraError(DefguardEntraError):
+    """Anything that went wrong talking to Microsoft Graph."""
+
+
+class EntraAuthError(EntraError):
+    """No access token could be acquired for Microsoft Graph, or Graph refused it (401)."""
+
+
+class EntraAPIError(EntraError):
+    """Graph answered with an error: ``status``, and ``code``/``message`` from the OData error envelope."""
+
+    def __init__(self, status: int, code: str, message: str, *, method: str = "", url: str = "") -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.method = method
+        self.url = url
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.url} → " if self.method else ""
+        return f"Graph {where}{self.status} {self.code}: {self.message}"
+
+    def __reduce__(self) -> tuple[type, tuple[int, str, str]]:
+        return (type(self), (self.status, self.code, self.message))

@@ -1,0 +1,340 @@
+"""Plain data: frozen attrs value objects shared by the clients, the service and the renderers.
+
+Wire shapes are turned into these by the adapters (``from_api``); nothing past the adapters sees a raw payload.
+Tokens are :class:`Secret` so that ``repr``, logs and reports never show them by accident.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import html
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Self
+
+import attrs
+
+__all__ = [
+    "DefguardGroup",
+    "DefguardServer",
+    "DefguardUser",
+    "EntraUser",
+    "IssuedToken",
+    "MatchedBy",
+    "Outcome",
+    "ProvisioningConfig",
+    "Report",
+    "Secret",
+    "Status",
+    "TokenKind",
+]
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A string that must not leak: ``repr`` and ``str`` hide it; :meth:`masked` shows the first 4 characters."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def masked(self) -> str:
+        """The first four characters then ``…`` (the report format); an empty secret stays empty."""
+        return f"{self.value[:4]}…" if self.value else ""
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+class Status(enum.StrEnum):
+    """Where a group member ended up. The value is what reports and exit codes use."""
+
+    PROVISIONED = "provisioned"
+    ALREADY_ENROLLED = "already_enrolled"
+    DISABLED = "disabled"
+    NO_EMAIL = "no_email"
+    NOT_FOUND = "not_found"
+    AMBIGUOUS = "ambiguous"
+    NOT_IN_DEFGUARD = "not_in_defguard"
+    FAILED = "failed"
+    PLANNED = "planned"
+    EXISTING = "existing"
+    INTERRUPTED = "interrupted"
+    # status / clear
+    CLEARED = "cleared"
+    NOT_SET = "not_set"
+    KEPT = "kept"
+    SET = "set"
+
+    @property
+    def is_problem(self) -> bool:
+        """True for the statuses that make a run exit 1."""
+        return self in _PROBLEMS
+
+
+_PROBLEMS = frozenset({Status.NO_EMAIL, Status.NOT_FOUND, Status.AMBIGUOUS, Status.NOT_IN_DEFGUARD, Status.FAILED})
+
+
+class TokenKind(enum.StrEnum):
+    ENROLLMENT = "enrollment"
+    DESKTOP = "desktop"
+
+
+class MatchedBy(enum.StrEnum):
+    MAIL = "mail"
+    USER_PRINCIPAL_NAME = "userPrincipalName"
+    OTHER_MAILS = "otherMails"
+
+
+def _lower_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class DefguardServer:
+    """What ``defguard-component-version`` says: e.g. ``1.6.6+abc…`` → line ``1``."""
+
+    version: str
+
+    @property
+    def semver(self) -> str:
+        return self.version.partition("+")[0]
+
+    @property
+    def major(self) -> int:
+        head = self.semver.split(".", 1)[0]
+        return int(head) if head.isdigit() else 1
+
+
+@attrs.frozen
+class DefguardUser:
+    username: str
+    email: str | None
+    active: bool
+    enrolled: bool
+    first_name: str = ""
+    last_name: str = ""
+    is_admin: bool = False
+    id: int | None = None
+    groups: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> Self:
+        """Build from a ``UserInfo`` of either API line (2.x extras are ignored)."""
+        email = row.get("email")
+        return cls(
+            username=str(row["username"]),
+            email=str(email).strip() or None if email else None,
+            active=bool(row.get("is_active", True)),
+            enrolled=bool(row.get("enrolled", False)),
+            first_name=str(row.get("first_name") or ""),
+            last_name=str(row.get("last_name") or ""),
+            is_admin=bool(row.get("is_admin", False)),
+            id=row.get("id") if isinstance(row.get("id"), int) else None,
+            groups=tuple(str(g) for g in row.get("groups") or ()),
+        )
+
+
+@attrs.frozen
+class DefguardGroup:
+    name: str
+    members: tuple[str, ...] = attrs.field(converter=_lower_tuple)
+    id: int | None = None
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> Self:
+        return cls(
+            name=str(row["name"]),
+            members=tuple(str(m) for m in row.get("members") or ()),
+            id=row.get("id") if isinstance(row.get("id"), int) else None,
+        )
+
+
+@attrs.frozen
+class IssuedToken:
+    """A freshly minted enrollment (or desktop-configuration) token and the URL the client enrolls at."""
+
+    token: Secret
+    url: str
+    kind: TokenKind = TokenKind.ENROLLMENT
+    expires_at: dt.datetime | None = None
+    retries: int = 0
+
+
+@attrs.frozen
+class EntraUser:
+    id: str
+    user_principal_name: str
+    mail: str | None = None
+    other_mails: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
+    display_name: str | None = None
+    account_enabled: bool | None = None
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> Self:
+        return cls(
+            id=str(row["id"]),
+            user_principal_name=str(row.get("userPrincipalName") or ""),
+            mail=row.get("mail") or None,
+            other_mails=tuple(str(m) for m in row.get("otherMails") or ()),
+            display_name=row.get("displayName"),
+            account_enabled=row.get("accountEnabled"),
+        )
+
+
+@attrs.frozen
+class ProvisioningConfig:
+    """The pair the desktop client needs: what ``provision`` stores and ``provisioning.json`` holds."""
+
+    enrollment_url: str
+    enrollment_token: Secret
+
+    def to_json_dict(self, *, reveal: bool = True) -> dict[str, str]:
+        token = self.enrollment_token.value if reveal else self.enrollment_token.masked()
+        return {"enrollment_url": self.enrollment_url, "enrollment_token": token}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+@attrs.frozen
+class Outcome:
+    """One group member's result. ``enrollment_token`` is masked in ``repr`` and in :meth:`to_dict` by default."""
+
+    username: str | None
+    email: str | None
+    status: Status
+    matched_by: MatchedBy | None = None
+    entra_id: str | None = None
+    user_principal_name: str | None = None
+    enrollment_url: str | None = None
+    enrollment_token: Secret | None = None
+    token_kind: TokenKind | None = None
+    token_expires_at: dt.datetime | None = None
+    error: str | None = None
+    retries: int = 0
+
+    def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
+        token = self.enrollment_token
+        if token is None or not token:
+            shown: str | None = None
+        else:
+            shown = token.value if reveal_tokens else token.masked()
+        return {
+            "username": self.username,
+            "email": self.email,
+            "status": self.status.value,
+            "matched_by": self.matched_by.value if self.matched_by else None,
+            "entra_id": self.entra_id,
+            "user_principal_name": self.user_principal_name,
+            "enrollment_url": self.enrollment_url,
+            "enrollment_token": shown,
+            "token_kind": self.token_kind.value if self.token_kind else None,
+            "token_expires_at": _iso(self.token_expires_at),
+            "error": self.error,
+            "retries": self.retries,
+        }
+
+
+OUTCOME_FIELDS: tuple[str, ...] = tuple(Outcome(None, None, Status.PLANNED).to_dict())
+
+
+@attrs.frozen
+class Report:
+    """The result of a run: every member exactly once, plus what is needed to audit it."""
+
+    command: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    group_name: str
+    group_source: str
+    attribute_set: str
+    outcomes: tuple[Outcome, ...]
+    defguard_url: str | None = None
+    defguard_version: str | None = None
+    tool_version: str = ""
+    dry_run: bool = False
+    interrupted: bool = False
+    notes: tuple[str, ...] = ()
+    audit: Mapping[str, Any] = attrs.field(factory=dict)
+    fatal_error: str | None = None
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Members per status, in a stable order (the order of :class:`Status`)."""
+        return summarize(self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        """True when no member ended with a problem status (exit code 0)."""
+        return not any(o.status.is_problem for o in self.outcomes)
+
+    def outcome(self, username: str) -> Outcome:
+        """The outcome of one Defguard username (``KeyError`` if it is not in the report)."""
+        for o in self.outcomes:
+            if o.username == username:
+                return o
+        raise KeyError(username)
+
+    def by_status(self, status: Status | str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
+        from ._version import __version__  # noqa: PLC0415
+
+        return {
+            "tool_version": self.tool_version or __version__,
+            "command": self.command,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_seconds": round((self.finished_at - self.started_at).total_seconds(), 3),
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "defguard": {"url": self.defguard_url, "version": self.defguard_version},
+            "group": {"name": self.group_name, "source": self.group_source},
+            "attribute_set": self.attribute_set,
+            "audit": dict(self.audit),
+            "notes": list(self.notes),
+            "fatal_error": self.fatal_error,
+            "summary": self.summary,
+            "users": [o.to_dict(reveal_tokens=reveal_tokens) for o in self.outcomes],
+        }
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f"<th>{html.escape(k)}</th>"
+            for k in ("username", "email", "status", "matched_by", "user_principal_name", "enrollment_token", "error")
+        )
+        rows = []
+        for o in self.outcomes:
+            d = o.to_dict()
+            cells = "".join(
+                f"<td>{html.escape(str(d[k]) if d[k] is not None else '')}</td>"
+                for k in (
+                    "username",
+                    "email",
+                    "status",
+                    "matched_by",
+                    "user_principal_name",
+                    "enrollment_token",
+                    "error",
+                )
+            )
+            rows.append(f"<tr>{cells}</tr>")
+        summary = ", ".join(f"{k}: {v}" for k, v in self.summary.items()) or "no members"
+        return (
+            f"<p><b>{html.escape(self.command)}</b> of group <code>{html.escape(self.group_name)}</code> "
+            f"({html.escape(summary)})</p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """Members per status for a list of outcomes (same order as :attr:`Report.summary`)."""
+    counts = Counter(o.status for o in outcomes)
+    return {s.value: counts[s] for s in Status if counts[s]}

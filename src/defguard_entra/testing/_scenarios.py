@@ -1,0 +1,145 @@
+"""Seed data shared by the tests, the docs, ``demo`` and ``python -m defguard_entra.testing serve``.
+
+:func:`seed_sample_organisation` builds a small organisation in which every ``provision`` status occurs once, and
+returns what each member should end as, so tests and the demo can check the outcome rather than just print it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._defguard import DefguardEmulator
+from ._graph import GraphEmulator
+
+__all__ = ["SAMPLE_GROUP", "Scenario", "environment", "running_emulators", "seed_sample_organisation"]
+
+SAMPLE_GROUP = "VPN Users"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What was seeded: the group, and for each Defguard username the status ``provision`` should give it."""
+
+    group: str
+    expected: Mapping[str, str]
+    entra_only: Mapping[str, str] = field(default_factory=dict)  # Entra UPN → expected status (group source entra)
+    entra_ids: Mapping[str, str] = field(default_factory=dict)  # Defguard username → Entra id, where one matches
+
+
+def seed_sample_organisation(
+    defguard: DefguardEmulator,
+    graph: GraphEmulator,
+    *,
+    group: str = SAMPLE_GROUP,
+    attribute_set: str = "Defguard",
+) -> Scenario:
+    """Seed both emulators with one member per outcome; the same group exists in Defguard and in Entra."""
+    graph.define_attribute_set(attribute_set)
+    people: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = [
+        # username, Defguard fields, Entra user (None: not in Entra), expected status
+        (
+            "alice",
+            {"email": "alice@example.com", "first_name": "Alice", "last_name": "Smith"},
+            {"upn": "alice@example.com", "mail": "alice@example.com"},
+            "provisioned",
+        ),
+        (
+            "oneil",
+            {"email": "o'neil@example.com", "first_name": "Seán", "last_name": "O'Neil"},
+            {"upn": "sean.oneil@example.com", "mail": "o'neil@example.com"},
+            "provisioned",
+        ),
+        (
+            "grace",
+            {"email": "grace@example.com", "first_name": "Grace"},
+            {"upn": "grace@example.com", "mail": None},
+            "provisioned",
+        ),
+        (
+            "heidi",
+            {"email": "heidi.old@example.com", "first_name": "Heidi"},
+            {"upn": "heidi@example.com", "mail": "heidi@example.com", "other_mails": ["heidi.old@example.com"]},
+            "provisioned",
+        ),
+        (
+            "bob",
+            {"email": "bob@example.com", "first_name": "Bob", "enrolled": True},
+            {"upn": "bob@example.com", "mail": "bob@example.com"},
+            "already_enrolled",
+        ),
+        (
+            "carol",
+            {"email": "carol@example.com", "first_name": "Carol", "active": False},
+            {"upn": "carol@example.com", "mail": "carol@example.com"},
+            "disabled",
+        ),
+        (
+            "dave",
+            {"email": "", "first_name": "Dave"},
+            {"upn": "dave@example.com", "mail": "dave@example.com"},
+            "no_email",
+        ),
+        ("erin", {"email": "erin@example.com", "first_name": "Erin"}, None, "not_found"),
+        (
+            "frank",
+            {"email": "frank@example.com", "first_name": "Frank"},
+            {"upn": "frank@example.com", "mail": "frank@example.com"},
+            "ambiguous",
+        ),
+    ]
+    members: list[str] = []
+    entra_members: list[str] = []
+    entra_ids: dict[str, str] = {}
+    expected: dict[str, str] = {}
+    for username, fields, entra, status in people:
+        defguard.add_user(username, **fields)
+        members.append(username)
+        expected[username] = status
+        if entra is not None:
+            entra_id = graph.add_user(
+                entra["upn"],
+                mail=entra.get("mail"),
+                other_mails=entra.get("other_mails", ()),
+                display_name=fields.get("first_name"),
+            )
+            entra_members.append(entra_id)
+            entra_ids[username] = entra_id
+    # a second Entra user with frank's address: the lookup must not guess
+    graph.add_user("frank.jones@example.com", mail="frank@example.com", display_name="Frank Jones")
+    # in the Entra group only: nobody in Defguard has this address
+    ivan = graph.add_user("ivan@example.com", mail="ivan@example.com", display_name="Ivan")
+    entra_members.append(ivan)
+    defguard.add_group(group, members)
+    graph.add_group(group, entra_members)
+    return Scenario(
+        group=group, expected=expected, entra_only={"ivan@example.com": "not_in_defguard"}, entra_ids=entra_ids
+    )
+
+
+def environment(defguard: DefguardEmulator, graph: GraphEmulator) -> dict[str, str]:
+    """The environment variables that point the CLI at the two emulators."""
+    return {
+        "DEFGUARD_URL": defguard.url,
+        "DEFGUARD_API_TOKEN": defguard.admin_token,
+        "DEFGUARD_ENTRA_GRAPH_URL": graph.url,
+        "DEFGUARD_ENTRA_GRAPH_TOKEN": graph.admin_token,
+    }
+
+
+@contextlib.contextmanager
+def running_emulators(
+    version: str = "2.0",
+    *,
+    seed: bool = True,
+    **graph_options: Any,
+) -> Iterator[tuple[DefguardEmulator, GraphEmulator, Scenario | None]]:
+    """Both emulators running (and, with ``seed``, holding the sample organisation)."""
+    with (
+        DefguardEmulator(version, enrollment_url="https://enroll.example.com") as defguard,
+        GraphEmulator(**graph_options) as graph,
+    ):
+        scenario = seed_sample_organisation(defguard, graph) if seed else None
+        yield defguard, graph, scenario
