@@ -293,7 +293,10 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            raw_path, _, query = self.path.partition("?")
+            # the target as sent: http.server collapses a leading "//" in self.path (gh-87389)
+            words = self.requestline.split()
+            target = words[1] if len(words) >= 2 else self.path
+            raw_path, _, query = target.partition("?")
             headers = {k.lower(): v for k, v in self.headers.items()}
             request = Request(self.command, raw_path, query, headers, body)
             response = emulator._serve(request)  # noqa: SLF001
