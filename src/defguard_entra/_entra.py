@@ -10,6 +10,7 @@ retries are off so that there is one retry mechanism, not two.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -91,7 +92,12 @@ def chunked(values: Sequence[T], size: int) -> list[Sequence[T]]:
 
 
 class _RateLimiter:
-    """Token bucket for Graph writes that slows down when 429s still arrive and recovers slowly."""
+    """Paces Graph writes: a token bucket at ``rate`` writes/s, at most one batch of burst.
+
+    It adapts when 429s still arrive (the tenant's real budget may be lower, or shared with other tools):
+    multiplicative decrease, at most once a second and never below a quarter of the target, plus a pause for the
+    server's ``Retry-After``; then additive recovery as writes succeed.
+    """
 
     def __init__(self, rate: float) -> None:
         self.target = rate
@@ -99,6 +105,7 @@ class _RateLimiter:
         self._allowance = min(rate, float(BATCH_LIMIT)) if rate > 0 else 0.0
         self._last = time.monotonic()
         self._paused_until = 0.0
+        self._last_cut = 0.0
         self._lock = asyncio.Lock()
 
     async def acquire(self, n: int) -> None:
@@ -119,17 +126,20 @@ class _RateLimiter:
                 await asyncio.sleep((n - self._allowance) / self.rate)
 
     def throttled(self, wait: float | None) -> None:
-        """A write was refused with 429: back off to 70 % of the rate and pause for what the server asked."""
+        """Writes were refused with 429: pause for what the server asked and slow down."""
         if self.target <= 0:
             return
-        self.rate = max(self.target / 20, self.rate * 0.7)
-        self._paused_until = max(self._paused_until, time.monotonic() + (wait if wait is not None else 1.0))
+        now = time.monotonic()
+        self._paused_until = max(self._paused_until, now + (wait if wait is not None else 1.0))
         self._allowance = 0.0
-        log.info("Graph throttled writes: pacing down to %.1f writes/s", self.rate)
+        if now - self._last_cut >= 1.0:
+            self._last_cut = now
+            self.rate = max(self.target / 4, self.rate * 0.75)
+            log.info("Graph throttled writes: pacing down to %.1f writes/s", self.rate)
 
     def succeeded(self, n: int) -> None:
         if 0 < self.rate < self.target:
-            self.rate = min(self.target, self.rate * (1 + 0.01 * n))
+            self.rate = min(self.target, self.rate + self.target * 0.01 * n)
 
 
 def _odata_error(response: httpx.Response | Mapping[str, Any], status: int) -> tuple[str, str]:
@@ -174,7 +184,12 @@ class AsyncEntraClient:
         self._transport: httpx.AsyncHTTPTransport | None = None
         if http_client is None:
             self._transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max(8, parallel_batches)))
-            http_client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), transport=self._transport)
+            http_client = httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=10.0),
+                transport=self._transport,
+                trust_env=False,
+                mounts={"all://": httpx.AsyncHTTPTransport(proxy=settings.proxy)} if settings.proxy else None,
+            )
         self._http = http_client
         options = {
             **graph_default_options,
@@ -388,9 +403,11 @@ class AsyncEntraClient:
             delay = min(policy.wait_max, delay * 2)
         return done
 
-    async def _batched(self, requests: Sequence[Mapping[str, Any]]) -> dict[str, tuple[dict[str, Any], int]]:
-        """Any number of items, in batches of 20 sent in parallel (bounded by ``parallel_batches``)."""
-        results = await asyncio.gather(*(self.batch(chunk) for chunk in chunked(requests, BATCH_LIMIT)))
+    async def _batched(
+        self, requests: Sequence[Mapping[str, Any]], size: int = BATCH_LIMIT
+    ) -> dict[str, tuple[dict[str, Any], int]]:
+        """Any number of items, in batches of ``size`` (≤ 20) sent in parallel (bounded by ``parallel_batches``)."""
+        results = await asyncio.gather(*(self.batch(chunk) for chunk in chunked(requests, size)))
         merged: dict[str, tuple[dict[str, Any], int]] = {}
         for result in results:
             merged.update(result)
@@ -570,7 +587,9 @@ class AsyncEntraClient:
         """Write attributes for many users (``{entra_id: {attribute: value-or-None}}``) in paced ``$batch``es."""
         ids = list(values)
         items = [self._patch_item(str(n), entra_id, set_name, values[entra_id]) for n, entra_id in enumerate(ids)]
-        answers = await self._batched(items)
+        # Below 20 writes/s, smaller batches keep the pace smooth instead of one burst of 20 per second or more.
+        rate = self.limiter.target
+        answers = await self._batched(items, BATCH_LIMIT if rate <= 0 else max(1, min(BATCH_LIMIT, int(rate))))
         results = {}
         for n, entra_id in enumerate(ids):
             answer, retries = answers[str(n)]
@@ -605,6 +624,35 @@ class AsyncEntraClient:
         """The signed-in user's values in ``set_name`` (``None``: not assigned, or not permitted to read)."""
         payload = await self._get_json(f"{self.base_url}/me?$select=id,userPrincipalName,customSecurityAttributes")
         return _attribute_values(payload, set_name)
+
+    # -- readiness probes (``check``): reads only ---------------------------------------------------------------
+
+    async def can_read_users(self) -> bool:
+        """Whether the caller may list users (``User.Read.All``): one ``GET /users?$top=1``; ``False`` on 403."""
+        url = self._url("/users", {"$top": "1", "$select": "id"})
+        response, _ = await self._send("GET", url)
+        if response.status_code == 403:
+            return False
+        self._json_or_raise("GET", url, response)
+        return True
+
+    async def token_claims(self) -> dict[str, Any] | None:
+        """The access token's claims (``scp``, ``roles``, ``wids``, ``appid``, ``upn`` …) when it is a JWT, else
+        ``None``. Graph tokens are opaque to clients by contract, so the claims are a hint of what Graph will
+        allow, never a proof; nothing is verified and the token itself never leaves this method."""
+        token = await asyncio.to_thread(self._credential.get_token, *self._scopes, enable_cae=True)
+        return _jwt_claims(str(token.token))
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[1]:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are all ValueErrors
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 def _attribute_values(body: Mapping[str, Any], set_name: str) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ __all__ = [
     "Cloud",
     "GraphSettings",
     "Settings",
+    "proxy_for",
     "validate_attribute_set_name",
     "validate_defguard_url",
     "validate_graph_url",
@@ -114,6 +115,22 @@ def validate_defguard_url(url: str) -> str:
     return text.rstrip("/")
 
 
+def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy to use for ``url`` given ``{"http", "https", "no"}`` settings (``NO_PROXY`` semantics)."""
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme)
+    if not proxy or not parts.hostname:
+        return None
+    if _is_loopback(parts.hostname):
+        return None
+    host = parts.hostname.lower()
+    for entry in (e.strip().lower() for e in proxies.get("no", "").split(",")):
+        name = entry.split(":", 1)[0].lstrip(".") if not entry.startswith("[") else entry
+        if entry == "*" or (name and (host == name or host.endswith("." + name))):
+            return None
+    return proxy
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -156,6 +173,12 @@ class GraphSettings:
     # Environment needed by azure-identity's EnvironmentCredential / workload identity; passed explicitly so that
     # nothing below the CLI reads os.environ.
     environment: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy for the Graph host, honouring ``no``; ``None`` for a direct connection."""
+        return proxy_for(self.base_url, self.proxies)
 
     @property
     def base_url(self) -> str:
@@ -219,6 +242,7 @@ class Settings:
     concurrency: int = 16
     graph_write_rate: float = 20.0  # PATCHes per second; 0 = unlimited
     retry: RetryPolicy = attrs.field(factory=_retry_default)
+    proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
@@ -227,6 +251,12 @@ class Settings:
         token = environ.get("DEFGUARD_API_TOKEN")
         graph_token = environ.get("DEFGUARD_ENTRA_GRAPH_TOKEN")
         azure = {k: v for k, v in environ.items() if k.startswith(("AZURE_", "IDENTITY_", "MSI_"))}
+        azure |= {k: environ[k] for k in ("SSH_CONNECTION", "DISPLAY", "WAYLAND_DISPLAY") if environ.get(k)}
+        proxies = {
+            scheme: value
+            for scheme in ("http", "https", "no")
+            if (value := environ.get(f"{scheme.upper()}_PROXY") or environ.get(f"{scheme}_proxy"))
+        }
         return cls(
             defguard_url=environ.get("DEFGUARD_URL") or None,
             defguard_token=Secret(token.strip()) if token and token.strip() else None,
@@ -236,7 +266,9 @@ class Settings:
                 graph_url=environ.get("DEFGUARD_ENTRA_GRAPH_URL") or None,
                 static_token=Secret(graph_token.strip()) if graph_token and graph_token.strip() else None,
                 environment=azure,
+                proxies=proxies,
             ),
+            proxies=proxies,
         )
 
     def require_defguard(self) -> tuple[str, Secret]:

@@ -1,0 +1,244 @@
+"""Benchmark: the PowerShell scripts' call pattern vs. ``provision``, against the emulators on 127.0.0.1.
+
+Seeds both emulators with N members and a per-request latency L, then in the same run
+
+  (a) replays the scripts' pattern with plain sequential requests — per member: GET user, POST start_enrollment,
+      Graph lookup by mail (then UPN, then otherMails when not found), PATCH — and
+  (b) runs ``python -m defguard_entra provision`` as a separate process (start-up included),
+
+and prints wall time, requests per service, 429s seen, peak RSS and the ratio (a)/(b). See docs/performance.md for
+the commands and the figures measured on the project's 2-core machine.
+
+    python benchmarks/provision.py --members 2000 --latency-ms 20
+    python benchmarks/provision.py --members 1000 --quota 100/5 --skip-replay
+    python benchmarks/provision.py --members 2000 --faults --skip-replay
+    python benchmarks/provision.py --members 50000 --latency-ms 0 --skip-replay
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, WriteQuota, environment
+
+GROUP = "Bench Users"
+
+
+def seed(defguard: DefguardEmulator, graph: GraphEmulator, members: int) -> list[str]:
+    graph.define_attribute_set("Defguard")
+    names = []
+    for n in range(members):
+        name = f"user{n:06}"
+        email = f"{name}@bench.example.com"
+        defguard.add_user(name, email=email)
+        # every 10th member is found only by UPN, every 25th only by otherMails: the replay then needs its
+        # second and third lookups, as the script does
+        if n % 25 == 7:
+            graph.add_user(f"{name}@corp.example.com", mail=f"{name}@corp.example.com", other_mails=[email])
+        elif n % 10 == 3:
+            graph.add_user(email, mail=None)
+        else:
+            graph.add_user(email, mail=email)
+        names.append(name)
+    defguard.add_group(GROUP, names)
+    return names
+
+
+def replay(defguard: DefguardEmulator, graph: GraphEmulator, names: list[str]) -> float:
+    """The scripts' pattern: sequential, no batching, no retries (GenerateEnrollmentTokensEntraID.ps1 L256-342)."""
+    dg, ms = requests.Session(), requests.Session()
+    dg.headers["Authorization"] = f"Bearer {defguard.admin_token}"
+    ms.headers["Authorization"] = f"Bearer {graph.admin_token}"
+    started = time.perf_counter()
+    try:
+        for name in names:
+            user = dg.get(f"{defguard.url}/api/v1/user/{name}", timeout=30).json()["user"]
+            issued = dg.post(
+                f"{defguard.url}/api/v1/user/{name}/start_enrollment",
+                json={"email": None, "send_enrollment_notification": False},
+                timeout=30,
+            ).json()
+            email = user["email"].replace("'", "''")
+            entra = None
+            for flt in (f"mail eq '{email}'", f"userPrincipalName eq '{email}'", f"otherMails/any(m:m eq '{email}')"):
+                found = ms.get(f"{graph.url}/users", params={"$filter": flt}, timeout=30).json()["value"]
+                if found:
+                    entra = found[0]
+                    break
+            if entra is None:
+                ms.get(f"{graph.url}/users", params={"$top": "1"}, timeout=30)  # the script's permission probe
+                continue
+            body = {
+                "customSecurityAttributes": {
+                    "Defguard": {
+                        "@odata.type": "#Microsoft.DirectoryServices.CustomSecurityAttributeValue",
+                        "EnrollmentToken": issued["enrollment_token"],
+                        "EnrollmentUrl": issued["enrollment_url"],
+                    }
+                }
+            }
+            ms.patch(f"{graph.url}/users/{entra['id']}", json=body, timeout=30).raise_for_status()
+    finally:
+        dg.close()
+        ms.close()
+    return time.perf_counter() - started
+
+
+def counts(defguard: DefguardEmulator, graph: GraphEmulator) -> dict[str, Any]:
+    graph_http = sum(v for k, v in graph.request_counts.items() if not k.startswith("batch-item:"))
+    return {
+        "defguard_requests": sum(defguard.request_counts.values()),
+        "graph_requests": graph_http,
+        "graph_batch_items": sum(v for k, v in graph.request_counts.items() if k.startswith("batch-item:")),
+        "graph_429": graph.throttled_count,
+        "defguard_faults": sum(1 for r in defguard.requests if r.status is None or r.status >= 500),
+    }
+
+
+def run_provision(defguard: DefguardEmulator, graph: GraphEmulator, extra: list[str]) -> tuple[float, int, dict]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DEFGUARD_", "AZURE_"))},
+        **environment(defguard, graph),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        report_path = Path(tmp) / "report.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "defguard_entra",
+            "provision",
+            "--group-name",
+            GROUP,
+            "--no-progress",
+            "--quiet",
+            "--report",
+            str(report_path),
+            *extra,
+        ]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, rss_kib, report | {"exit_code": proc.returncode}
+
+
+def check_consistent(defguard: DefguardEmulator, graph: GraphEmulator, report: dict) -> int:
+    """Members whose Entra attributes do not hold the token Defguard considers valid."""
+    bad = 0
+    for user in report.get("users", []):
+        if user["status"] != "provisioned":
+            bad += 1
+            continue
+        stored = graph.attributes(user["entra_id"]).get("Defguard", {})
+        if stored.get("EnrollmentToken") != defguard.current_token(user["username"]):
+            bad += 1
+    return bad
+
+
+def startup_time() -> float:
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "defguard_entra", "--help"], check=True, capture_output=True)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--defguard-version", default="2.0", choices=["1.6", "2.0"])
+    parser.add_argument("--quota", metavar="WRITES/SECONDS", help="Graph write quota, e.g. 100/5 (default: off)")
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="10%% Graph 429 (decimal Retry-After), 3%% 503; 3%% Defguard token 502 or dropped",
+    )
+    parser.add_argument("--skip-replay", action="store_true", help="only run provision")
+    parser.add_argument("--concurrency", type=int, default=None)
+    args = parser.parse_args()
+
+    latency = args.latency_ms / 1000
+    quota = None
+    if args.quota:
+        writes, seconds = args.quota.split("/")
+        quota = WriteQuota(int(writes), float(seconds))
+    dg_faults = Faults(latency=latency)
+    graph_faults = Faults(latency=latency)
+    with (
+        DefguardEmulator(
+            args.defguard_version, enrollment_url="https://enroll.example.com", faults=dg_faults
+        ) as defguard,
+        GraphEmulator(faults=graph_faults) as graph,
+    ):
+        started = time.perf_counter()
+        names = seed(defguard, graph, args.members)
+        print(
+            f"seeded {args.members} members in {time.perf_counter() - started:.1f}s; latency {args.latency_ms} ms "
+            f"per request; Defguard {defguard.version}; quota {args.quota or 'off'}; faults {args.faults}"
+        )
+        print(f"start-up: python -m defguard_entra --help answers in {startup_time():.3f}s (best of 5)")
+
+        replay_time = None
+        if not args.skip_replay:
+            replay_time = replay(defguard, graph, names)
+            c = counts(defguard, graph)
+            print(
+                f"(a) script pattern: {replay_time:.1f}s, Defguard {c['defguard_requests']} requests, "
+                f"Graph {c['graph_requests']} requests, 429s {c['graph_429']}"
+            )
+            defguard.reset_log()
+            graph.reset_log()
+
+        graph.write_quota = quota
+        if args.faults:
+            defguard.faults = Faults(
+                latency=latency,
+                rates={502: 0.015, DROP: 0.015},
+                seed=7,
+                endpoints={"start_enrollment", "start_desktop"},
+            )
+            graph.faults = Faults(latency=latency, rates={429: 0.10, 503: 0.03}, seed=11)
+            graph.item_faults = Faults(rates={429: 0.10, 503: 0.03}, seed=13)
+            graph.retry_after = "decimal"
+        throttled_before = graph.throttled_count
+        extra = ["--graph-write-rate", "0"] if quota is None and not args.faults else []
+        if args.concurrency:
+            extra += ["--concurrency", str(args.concurrency)]
+        elapsed, rss_kib, report = run_provision(defguard, graph, extra)
+        c = counts(defguard, graph)
+        inconsistent = check_consistent(defguard, graph, report)
+        retries = sum(u.get("retries", 0) for u in report.get("users", []))
+        print(
+            f"(b) provision:      {elapsed:.1f}s (whole process), Defguard {c['defguard_requests']} requests, "
+            f"Graph {c['graph_requests']} requests ({c['graph_batch_items']} batch items), "
+            f"429s {graph.throttled_count - throttled_before}, injected Defguard faults {c['defguard_faults']}, "
+            f"retries in report {retries}, peak RSS {rss_kib / 1024:.0f} MiB, exit {report.get('exit_code')}"
+        )
+        print(f"    summary {report.get('summary')}; members not consistent with Defguard: {inconsistent}")
+        n = args.members
+        print(f"    limits: Graph <= {n // 10 + 10}, Defguard <= {n + n // 100 + 10} requests")
+        if quota is not None:
+            print(f"    quota target: <= {1.15 * n / quota.rate:.1f}s (1.15 x N / rate), <= 5 responses of 429")
+        if replay_time is not None:
+            print(f"ratio (a)/(b): {replay_time / elapsed:.1f}x")
+    return 0 if inconsistent == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
