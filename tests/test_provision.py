@@ -331,3 +331,24 @@ def test_reveal_tokens_puts_full_tokens_in_an_owner_only_report(org: Org, tmp_pa
     assert alice["enrollment_token"] == org.defguard.current_token("alice")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert org.defguard.current_token("alice") not in result.stdout + result.stderr
+
+
+def test_2x_paginated_lists_without_content_type_are_accepted(graph: GraphEmulator) -> None:
+    """Defguard 2.x sends its paginated lists with no Content-Type; the web UI (text/html) is still refused."""
+    with DefguardEmulator("2.0", enrollment_url="https://enroll.example.com", paginated_content_type=None) as dg:
+        graph.define_attribute_set("Defguard")
+        dg.add_user("zoe", email="zoe@example.com")
+        entra_id = graph.add_user("zoe@example.com", mail="zoe@example.com")
+        dg.add_group("G", ["zoe"])
+        result = run_cli(["--group-name", "G"], environment(dg, graph))
+        assert result.code == 0, result.stderr
+        assert graph.attributes(entra_id)["Defguard"]["EnrollmentToken"] == dg.current_token("zoe")
+
+
+def test_web_ui_answer_is_refused_with_a_hint(org: Org) -> None:
+    env = org.env
+    env["DEFGUARD_URL"] += "/defguard"  # a path prefix the server does not have: the UI answers every GET
+    result = run_cli(["--group-name", org.scenario.group, "--retries", "0"], env)
+    assert result.code == 3
+    assert "web UI" in result.stderr or "Defguard" in result.stderr
+    assert org.defguard.issued_count == 0

@@ -12,6 +12,7 @@ from ._redact import RedactingFilter
 from ._retry import RetryPolicy
 from .config import AuthMode, Cloud, GraphSettings, Settings
 from .exceptions import (
+    ClientConfigError,
     ConfigurationError,
     DefguardAPIError,
     DefguardAuthError,
@@ -25,6 +26,9 @@ from .exceptions import (
     UnexpectedResponseError,
 )
 from .models import (
+    CheckItem,
+    Checklist,
+    CheckState,
     DefguardGroup,
     DefguardServer,
     DefguardUser,
@@ -40,13 +44,28 @@ from .models import (
 )
 
 if TYPE_CHECKING:
+    from ._client_config import (
+        ExportManifest,
+        WriteOutcome,
+        afetch_provisioning_config,
+        deep_link,
+        default_provisioning_path,
+        fetch_provisioning_config,
+        write_export,
+        write_provisioning_file,
+    )
     from ._defguard import DefguardClient
     from ._entra import AsyncEntraClient
+    from ._entra_sync import EntraClient
     from ._service import ProvisioningService
 
 __all__ = [
     "AsyncEntraClient",
     "AuthMode",
+    "CheckItem",
+    "CheckState",
+    "Checklist",
+    "ClientConfigError",
     "Cloud",
     "ConfigurationError",
     "DefguardAPIError",
@@ -60,8 +79,10 @@ __all__ = [
     "DefguardUser",
     "EntraAPIError",
     "EntraAuthError",
+    "EntraClient",
     "EntraError",
     "EntraUser",
+    "ExportManifest",
     "GraphSettings",
     "IssuedToken",
     "MatchedBy",
@@ -77,12 +98,28 @@ __all__ = [
     "Status",
     "TokenKind",
     "UnexpectedResponseError",
+    "WriteOutcome",
+    "afetch_provisioning_config",
+    "deep_link",
+    "default_provisioning_path",
+    "fetch_provisioning_config",
+    "write_export",
+    "write_provisioning_file",
 ]
 
 _LAZY = {
     "DefguardClient": "._defguard",
     "AsyncEntraClient": "._entra",
+    "EntraClient": "._entra_sync",
     "ProvisioningService": "._service",
+    "ExportManifest": "._client_config",
+    "WriteOutcome": "._client_config",
+    "afetch_provisioning_config": "._client_config",
+    "deep_link": "._client_config",
+    "default_provisioning_path": "._client_config",
+    "fetch_provisioning_config": "._client_config",
+    "write_export": "._client_config",
+    "write_provisioning_file": "._client_config",
 }
 
 

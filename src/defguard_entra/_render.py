@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._files import csv_bytes, write_private_file
 from .exceptions import ConfigurationError
-from .models import OUTCOME_FIELDS, Report
+from .models import OUTCOME_FIELDS, Checklist, CheckState, Report
 
-__all__ = ["check_report_path", "format_summary", "report_bytes", "write_private_file", "write_report"]
+__all__ = [
+    "check_report_path",
+    "format_checklist",
+    "format_status_table",
+    "format_summary",
+    "report_bytes",
+    "write_report",
+]
 
 _PROBLEM_ROWS = 25
 
@@ -38,29 +42,7 @@ def report_bytes(report: Report, fmt: str, *, reveal_tokens: bool = False) -> by
     data = report.to_dict(reveal_tokens=reveal_tokens)
     if fmt == "json":
         return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(OUTCOME_FIELDS), lineterminator="\n")
-    writer.writeheader()
-    for row in data["users"]:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return buffer.getvalue().encode("utf-8")
-
-
-def write_private_file(path: Path, content: bytes) -> None:
-    """Write atomically (temp file + rename in the same directory) with owner-only permissions (0600)."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).chmod(0o600)
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
+    return csv_bytes(OUTCOME_FIELDS, data["users"])
 
 
 def write_report(report: Report, path: str | Path, *, reveal_tokens: bool = False) -> Path:
@@ -93,4 +75,62 @@ def format_summary(report: Report) -> str:
         if len(problems) > len(shown):
             lines.append(f"… and {len(problems) - len(shown)} more: see the report (--report PATH)")
     lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
+
+
+# -- status and check --------------------------------------------------------------------------------------------
+
+
+def format_status_table(report: Report) -> str:
+    """One row per member for ``status``: Defguard state, Entra match, what is stored (token masked)."""
+    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
+
+    def flag(value: bool | None) -> str:
+        return "-" if value is None else "yes" if value else "no"
+
+    rows = []
+    for o in report.outcomes:
+        token = o.enrollment_token.masked() if o.enrollment_token else "-"
+        rows.append(
+            [
+                o.username or "-",
+                flag(o.defguard_active),
+                flag(o.defguard_enrolled),
+                o.user_principal_name or "-",
+                o.status.value,
+                token,
+                o.enrollment_url or "-",
+            ]
+        )
+    return str(format_pretty_table(rows, ["member", "active", "enrolled", "Entra user", "status", "token", "URL"]))
+
+
+_MARKS = {CheckState.OK: "ok  ", CheckState.FAIL: "FAIL", CheckState.WARN: "warn", CheckState.SKIP: "skip"}
+
+
+def format_checklist(checklist: Checklist, *, problems_only: bool = False) -> str:
+    """The ``check`` output: one line per item, a fix hint under each failure, and the verdict last."""
+    title = (
+        f"check of group {checklist.group_name!r} ({checklist.group_source}), attribute set "
+        f"{checklist.attribute_set!r}: Defguard {checklist.defguard_url}, Microsoft Graph {checklist.graph_url}"
+    )
+    lines = [title]
+    for item in checklist.items:
+        if problems_only and item.state in {CheckState.OK, CheckState.SKIP}:
+            continue
+        detail = f": {item.detail}" if item.detail else ""
+        lines.append(f"  {_MARKS[item.state]}  {item.title}{detail}")
+        if item.hint and item.state in {CheckState.FAIL, CheckState.WARN}:
+            label = "fix" if item.state is CheckState.FAIL else "hint"
+            lines.append(f"        {label}: {item.hint}")
+    failures = checklist.failures
+    if failures:
+        lines.append(
+            f"not ready: {len(failures)} problem{'s' if len(failures) != 1 else ''} "
+            f"({', '.join(item.title for item in failures)})"
+        )
+    else:
+        warnings = sum(1 for item in checklist.items if item.state is CheckState.WARN)
+        extra = f" ({warnings} item{'s' if warnings != 1 else ''} not verified: see the hints)" if warnings else ""
+        lines.append(f"ready: provision can run for this group{extra}")
     return "\n".join(lines)

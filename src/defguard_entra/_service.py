@@ -17,27 +17,61 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import attrs
 
+from ._checks import (
+    READ_ATTRIBUTES,
+    WRITE_ATTRIBUTES,
+    GraphPrincipal,
+    attribute_items,
+    defguard_token_items,
+    permission_item,
+    principal_from_claims,
+    read_users_item,
+)
 from ._entra import BATCH_LIMIT, chunked
 from ._loop import LoopThread
 from ._plan import EnrolledPolicy, Member, classify, detect_shared_entra_users, map_entra_members
 from ._version import __version__
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, ATTRIBUTE_VALUE_LIMIT, DEFAULT_ATTRIBUTE_SET, Settings
+from .config import (
+    ATTRIBUTE_TOKEN,
+    ATTRIBUTE_URL,
+    ATTRIBUTE_VALUE_LIMIT,
+    DEFAULT_ATTRIBUTE_SET,
+    GRAPH_CLI_CLIENT_ID,
+    AuthMode,
+    Settings,
+    proxy_for,
+)
 from .exceptions import (
     ConfigurationError,
     DefguardAuthError,
     DefguardError,
     DefguardUnreachableError,
+    EntraAPIError,
+    EntraAuthError,
     EntraError,
     PreflightError,
 )
-from .models import IssuedToken, Outcome, Report, Status, TokenKind
+from .models import (
+    CheckItem,
+    Checklist,
+    CheckState,
+    IssuedToken,
+    Outcome,
+    ProvisioningConfig,
+    Report,
+    Secret,
+    Status,
+    TokenKind,
+)
 
 if TYPE_CHECKING:
     from ._defguard import DefguardClient
@@ -58,6 +92,15 @@ PROVISION_SCOPES = (
     "CustomSecAttributeDefinition.Read.All",
 )
 GROUP_SCOPES = ("GroupMember.Read.All",)
+#: ``status`` reads users and attributes; ``clear`` and ``check`` need what ``provision`` needs.
+STATUS_SCOPES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All", "CustomSecAttributeDefinition.Read.All")
+CLEAR_SCOPES = CHECK_SCOPES = PROVISION_SCOPES
+#: Delegated scopes ``export`` (without ``--provision``) asks for: find users, read attributes, check the set.
+EXPORT_SCOPES = (
+    "User.Read.All",
+    "CustomSecAttributeAssignment.Read.All",
+    "CustomSecAttributeDefinition.Read.All",
+)
 
 
 def _now() -> dt.datetime:
@@ -120,6 +163,7 @@ class ProvisioningService:
             ca_bundle=settings.ca_bundle,
             retry=settings.retry,
             pool_size=settings.concurrency,
+            proxy=proxy_for(url, settings.proxies),
         )
         entra = AsyncEntraClient(
             settings.graph,
@@ -137,6 +181,10 @@ class ProvisioningService:
 
     def _run(self, coro: Any) -> Any:
         with self._runner_lock:
+            if self._closed:  # e.g. after ``async with``: no new loop thread that nobody would stop
+                coro.close()
+                msg = "this ProvisioningService is closed"
+                raise RuntimeError(msg)
             if self._runner is None:
                 self._runner = LoopThread()
         return self._runner.run(coro)
@@ -230,10 +278,15 @@ class ProvisioningService:
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
+        clock = _Phases(audit)
         version, members = await self._preflight(group_name, group_source, notes, audit)
+        clock.mark("preflight")
+        log.info("preflight passed: %d members (%.2fs)", len(members), (_now() - started).total_seconds())
         self._classify(members, enrolled)
         if group_source == "defguard":
             await self._resolve_in_entra(members)
+            clock.mark("resolve")
+            log.info("resolved members in Entra (%.2fs)", (_now() - started).total_seconds())
         detect_shared_entra_users(members)
         todo = [m for m in members if m.status is None]
         if todo and only_missing:
@@ -247,6 +300,8 @@ class ProvisioningService:
                 m.settle(Status.PLANNED)
         elif todo:
             fatal, interrupted = await self._mint_and_write(todo, lifetime, tokens, progress, stop)
+        clock.mark("write")
+        log.info("minted and stored %d tokens (%.2fs)", len(tokens), (_now() - started).total_seconds())
         if enrolled == "desktop" and any(m.kind is TokenKind.DESKTOP for m in members):
             notes.append("desktop-configuration tokens use the Defguard server's default lifetime")
         outcomes = tuple(self._outcome(m, tokens.get(id(m))) for m in members)
@@ -279,6 +334,8 @@ class ProvisioningService:
         if not me.is_admin:
             raise PreflightError(f"the Defguard API token belongs to {me.username!r}, who is not an admin")
         await self.entra.sign_in()
+        audit["graph_principal"] = (await self._graph_principal()).to_audit()
+        audit["graph_url"] = self.entra.base_url
         check = await self.entra.check_attribute_set(self.attribute_set)
         if not check.readable:
             note = (
@@ -399,7 +456,8 @@ class ProvisioningService:
             for m in todo[1:]:
                 m.settle(Status.FAILED, "not attempted: the enrollment URL is too long for Entra")
             return message, False
-        parallel = max(1, min(8, self.concurrency // BATCH_LIMIT + 2))
+        # Enough chunks in flight that minting never waits for a write to finish (2 per batch of concurrency).
+        parallel = min(16, 2 + 2 * math.ceil(self.concurrency / BATCH_LIMIT))
         gate = asyncio.Semaphore(parallel)
 
         async def gated(chunk: Sequence[Member]) -> None:
@@ -486,7 +544,583 @@ class ProvisioningService:
             token_expires_at=token.expires_at if keep_token and token is not None else None,
             error=member.error if member.status is not None else "internal error: member was never settled",
             retries=token.retries if token is not None else 0,
+            defguard_active=member.defguard.active if member.defguard is not None else None,
+            defguard_enrolled=member.defguard.enrolled if member.defguard is not None else None,
         )
+
+    # -- status, clear and check (issue 5): built on the same preflight and member resolution ---------------------
+
+    def status(self, group_name: str, *, group_source: str = "defguard", stop: threading.Event | None = None) -> Report:
+        """Sync form of :meth:`astatus`."""
+        report: Report = self._run(self.astatus(group_name, group_source=group_source, stop=stop))
+        return report
+
+    async def astatus(
+        self, group_name: str, *, group_source: str = "defguard", stop: threading.Event | None = None
+    ) -> Report:
+        """Where every member stands, read-only: Defguard state, Entra match, what the attribute set holds.
+
+        Statuses: ``set`` (token and URL stored), ``partial`` (only one of them), ``not_set`` (nothing, or this
+        sign-in may not read them: Graph answers both the same way), and the lookup statuses ``no_email``,
+        ``not_found``, ``ambiguous``, ``not_in_defguard``, ``failed``. Stored tokens are carried as
+        :class:`Secret` (masked in reports). Nothing is minted or written.
+
+        .. versionadded:: 0.1.0
+        """
+        _check_group_args(group_name, group_source)
+        started = _now()
+        notes: list[str] = []
+        audit: dict[str, Any] = {}
+        version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
+        for member in members:
+            if member.status is None:
+                member.settle(_stored_status(stored.get(id(member))))
+        self._note_unreadable(stored, notes)
+        return self._report(
+            "status",
+            started,
+            group_name=group_name,
+            group_source=group_source,
+            version=version,
+            members=members,
+            stored=stored,
+            notes=notes,
+            audit=audit,
+            stop=stop,
+        )
+
+    def clear(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        all_members: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Sync form of :meth:`aclear`."""
+        report: Report = self._run(
+            self.aclear(
+                group_name,
+                group_source=group_source,
+                all_members=all_members,
+                dry_run=dry_run,
+                progress=progress,
+                stop=stop,
+            )
+        )
+        return report
+
+    async def aclear(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        all_members: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Set ``EnrollmentToken`` and ``EnrollmentUrl`` to null for members already enrolled in Defguard (or, with
+        ``all_members``, for every member) that have something stored.
+
+        Statuses: ``cleared``, ``not_set`` (nothing stored), ``kept`` (not enrolled, without ``all_members``),
+        ``planned`` (``dry_run``), ``not_found`` (also for a member without e-mail: its Entra user cannot be
+        found), ``ambiguous``, ``failed``, ``interrupted``. Other attributes of the set are left alone.
+
+        .. versionadded:: 0.1.0
+        """
+        _check_group_args(group_name, group_source)
+        started = _now()
+        notes: list[str] = []
+        audit: dict[str, Any] = {"options": {"all": all_members, "dry_run": dry_run}}
+        version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
+        todo: list[Member] = []
+        for member in members:
+            if member.status is Status.NO_EMAIL:
+                member.settle(Status.NOT_FOUND, "no e-mail address in Defguard, so its Entra user cannot be found")
+            if member.status not in {None, Status.NOT_IN_DEFGUARD}:
+                continue
+            if not stored.get(id(member)):
+                member.settle(Status.NOT_SET)
+            elif all_members or (member.defguard is not None and member.defguard.enrolled):
+                todo.append(member)
+            elif member.defguard is None:
+                member.settle(Status.KEPT, "no Defguard user has this member's addresses (--all clears it)")
+            else:
+                member.settle(
+                    Status.KEPT, "not enrolled in Defguard yet: the stored token may still be needed (--all clears it)"
+                )
+        clock = _Phases(audit)
+        if dry_run:
+            for member in todo:
+                member.settle(Status.PLANNED)
+        elif todo:
+            await self._clear_stored(todo, progress, stop)
+        clock.mark("write")
+        self._note_unreadable(stored, notes)
+        return self._report(
+            "clear",
+            started,
+            group_name=group_name,
+            group_source=group_source,
+            version=version,
+            members=members,
+            stored=stored,
+            notes=notes,
+            audit=audit,
+            stop=stop,
+            dry_run=dry_run,
+        )
+
+    def check(self, group_name: str, *, group_source: str = "defguard") -> Checklist:
+        """Sync form of :meth:`acheck`."""
+        result: Checklist = self._run(self.acheck(group_name, group_source=group_source))
+        return result
+
+    async def acheck(self, group_name: str, *, group_source: str = "defguard") -> Checklist:
+        """Check a setup end to end without changing anything; every failing line carries a fix hint.
+
+        Defguard: reachable (and its version), the API token honoured (license gate), valid and an admin's, the
+        group found. Graph: sign-in and who it is, permission to read users, the attribute set and both attributes
+        (single-valued String, free-form, Available), and the permissions to write and read them, judged from the
+        token's claims where it has any (see :mod:`defguard_entra._checks`): no PATCH is ever sent.
+
+        .. versionadded:: 0.1.0
+        """
+        _check_group_args(group_name, group_source)
+        items: list[CheckItem] = []
+        version = await self._check_defguard(group_name, group_source, items)
+        await self._check_graph(group_name, group_source, items)
+        return Checklist(
+            tuple(items),
+            group_name=group_name,
+            group_source=group_source,
+            attribute_set=self.attribute_set,
+            defguard_url=self.defguard.url,
+            defguard_version=version,
+            graph_url=self.entra.base_url,
+        )
+
+    # status and clear: the steps
+
+    async def _members_with_values(
+        self,
+        group_name: str,
+        group_source: str,
+        notes: list[str],
+        audit: dict[str, Any],
+        stop: threading.Event | None,
+    ) -> tuple[str, list[Member], dict[int, dict[str, Any] | None]]:
+        """Preflight, members, Entra resolution (disabled and enrolled members too), then the stored values."""
+        clock = _Phases(audit)
+        version, members = await self._preflight(group_name, group_source, notes, audit)
+        clock.mark("preflight")
+        for member in members:  # unlike provision, disabled and enrolled members are looked up too
+            if member.status is None and member.defguard is not None and not member.defguard.email:
+                member.settle(Status.NO_EMAIL, _SKIP_REASONS[Status.NO_EMAIL])
+        if group_source == "defguard":
+            await self._resolve_in_entra(members)
+        detect_shared_entra_users(members)
+        clock.mark("resolve")
+        readable = [m for m in members if m.entra is not None and m.status in {None, Status.NOT_IN_DEFGUARD}]
+        if stop is not None and stop.is_set():
+            for member in readable:  # attributes not read: say so rather than "nothing stored"
+                member.settle(Status.INTERRUPTED, "the run was interrupted before this member")
+            return version, members, {}
+        values = await self.entra.read_attributes(self.attribute_set, [m.entra.id for m in readable if m.entra])
+        clock.mark("read")
+        return version, members, {id(m): values.get(m.entra.id) for m in readable if m.entra}
+
+    async def _clear_stored(
+        self, todo: Sequence[Member], progress: Progress | None, stop: threading.Event | None
+    ) -> None:
+        """Null both attributes, a few batches at a time; stop between slices when asked (in-flight ones finish)."""
+        total, done = len(todo), 0
+        abort: str | None = None
+        for chunk in chunked(todo, BATCH_LIMIT * 4):
+            if stop is not None and stop.is_set():
+                for member in chunk:
+                    member.settle(Status.INTERRUPTED, "the run was interrupted before this member")
+            elif abort is not None:
+                for member in chunk:
+                    member.settle(Status.FAILED, f"not attempted: {abort}")
+            else:
+                values = {m.entra.id: {ATTRIBUTE_TOKEN: None, ATTRIBUTE_URL: None} for m in chunk if m.entra}
+                try:
+                    results = await self.entra.write_attributes(self.attribute_set, values)
+                except EntraError as exc:
+                    abort = f"Microsoft Graph failed mid-run ({exc})"
+                    for member in chunk:
+                        member.settle(Status.FAILED, f"Graph: {exc}")
+                else:
+                    for member in chunk:
+                        assert member.entra is not None
+                        written = results[member.entra.id]
+                        if written.ok:
+                            member.settle(Status.CLEARED)
+                        else:
+                            member.settle(Status.FAILED, f"Graph write failed: {written.error}")
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+
+    @staticmethod
+    def _note_unreadable(stored: Mapping[int, dict[str, Any] | None], notes: list[str]) -> None:
+        if stored and not any(stored.values()):
+            notes.append(
+                f"Graph returned no attribute values for any of the {len(stored)} members looked up: nothing is "
+                "stored, or this sign-in may not read them (needs CustomSecAttributeAssignment.Read.All and the "
+                "Attribute Assignment Reader role; Graph answers both the same way)"
+            )
+
+    def _report(
+        self,
+        command: str,
+        started: dt.datetime,
+        *,
+        group_name: str,
+        group_source: str,
+        version: str,
+        members: Sequence[Member],
+        stored: Mapping[int, dict[str, Any] | None],
+        notes: list[str],
+        audit: dict[str, Any],
+        stop: threading.Event | None,
+        dry_run: bool = False,
+    ) -> Report:
+        outcomes = tuple(_with_stored(self._outcome(m, None), stored.get(id(m))) for m in members)
+        return Report(
+            command=command,
+            started_at=started,
+            finished_at=_now(),
+            group_name=group_name,
+            group_source=group_source,
+            attribute_set=self.attribute_set,
+            outcomes=outcomes,
+            defguard_url=self.defguard.url,
+            defguard_version=version,
+            tool_version=__version__,
+            dry_run=dry_run,
+            interrupted=stop is not None and stop.is_set(),
+            notes=tuple(notes),
+            audit=audit,
+        )
+
+    # check: the steps
+
+    async def _check_defguard(self, group_name: str, group_source: str, items: list[CheckItem]) -> str | None:
+        try:
+            server = await self._dg(self.defguard.server)
+        except DefguardError as exc:
+            items.append(
+                CheckItem(
+                    "defguard_reachable",
+                    "Defguard reachable",
+                    CheckState.FAIL,
+                    str(exc),
+                    "check --url (the Defguard core's base URL), that the server is up and reachable from here, "
+                    "and --ca-bundle for a private CA",
+                )
+            )
+            keys = ["defguard_license", "defguard_token", "defguard_admin"]
+            keys += ["group"] if group_source == "defguard" else []
+            items.extend(CheckItem(k, k.replace("_", " "), CheckState.SKIP, "Defguard is not reachable") for k in keys)
+            return None
+        items.append(CheckItem("defguard_reachable", "Defguard reachable", CheckState.OK, f"version {server.version}"))
+        owner: str | None = None
+        is_admin: bool | None = None
+        error: tuple[int, str] | None = None
+        detail = ""
+        try:
+            me = await self._dg(self.defguard.me)
+            owner, is_admin = me.username, me.is_admin
+        except DefguardAuthError as exc:
+            error = (exc.status, exc.message)
+        except DefguardError as exc:
+            error, detail = (getattr(exc, "status", 0), str(exc)), str(exc)
+        items.extend(defguard_token_items(owner, is_admin, error, detail))
+        if group_source != "defguard":
+            return server.version
+        if error is not None or not is_admin:
+            items.append(CheckItem("group", f"group {group_name!r}", CheckState.SKIP, "needs an admin's API token"))
+            return server.version
+        try:
+            groups = await self._dg(self.defguard.groups)
+        except DefguardError as exc:
+            items.append(CheckItem("group", f"group {group_name!r}", CheckState.FAIL, str(exc), None))
+            return server.version
+        found = next((g for g in groups if g.name == group_name), None)
+        if found is None:
+            similar = [g.name for g in groups if g.name.casefold() == group_name.casefold()]
+            hint = f"did you mean {similar[0]!r}? names are case-sensitive" if similar else "check --group-name"
+            items.append(
+                CheckItem(
+                    "group",
+                    f"group {group_name!r}",
+                    CheckState.FAIL,
+                    f"Defguard has no group named {group_name!r}",
+                    hint,
+                )
+            )
+        else:
+            size = len(set(found.members))
+            items.append(
+                CheckItem(
+                    "group",
+                    f"group {group_name!r}",
+                    CheckState.OK if size else CheckState.WARN,
+                    f"{size} member{'s' if size != 1 else ''}" if size else "no members: provision would do nothing",
+                )
+            )
+        return server.version
+
+    async def _check_graph(self, group_name: str, group_source: str, items: list[CheckItem]) -> None:
+        rest = ["graph_read_users", "graph_read_definitions", "attribute_set", "attribute_token", "attribute_url"]
+        rest += [WRITE_ATTRIBUTES.key, READ_ATTRIBUTES.key] + (["group"] if group_source == "entra" else [])
+
+        def skip_rest(reason: str) -> None:
+            items.extend(CheckItem(k, k.replace("_", " "), CheckState.SKIP, reason) for k in rest)
+
+        try:
+            await self.entra.sign_in()
+            principal = await self._graph_principal()
+        except EntraError as exc:
+            items.append(
+                CheckItem(
+                    "graph_sign_in",
+                    "Microsoft Graph sign-in",
+                    CheckState.FAIL,
+                    str(exc),
+                    "sign in again or get a fresh token: it must be for Microsoft Graph in this tenant and cloud "
+                    "(check --auth, --tenant-id, --client-id, --cloud and the AZURE_* or DEFGUARD_ENTRA_GRAPH_TOKEN "
+                    "variables)",
+                )
+            )
+            skip_rest("needs a Graph sign-in")
+            return
+        items.append(CheckItem("graph_sign_in", "Microsoft Graph sign-in", CheckState.OK, principal.describe()))
+        try:
+            items.append(read_users_item(await self.entra.can_read_users()))
+            if group_source == "entra":
+                items.append(await self._check_entra_group(group_name))
+            items.extend(attribute_items(await self.entra.check_attribute_set(self.attribute_set), self.attribute_set))
+        except EntraError as exc:
+            done = {item.key for item in items}
+            items.append(CheckItem("graph", "Microsoft Graph", CheckState.FAIL, str(exc), "try again later"))
+            rest = [k for k in rest if k not in done]
+            skip_rest("Graph failed")
+            return
+        items.append(permission_item(WRITE_ATTRIBUTES, principal))
+        items.append(permission_item(READ_ATTRIBUTES, principal))
+
+    async def _check_entra_group(self, group_name: str) -> CheckItem:
+        title = f"Entra group {group_name!r}"
+        try:
+            groups = await self.entra.find_groups(group_name)
+        except EntraAPIError as exc:
+            if exc.status != 403:
+                raise
+            return CheckItem(
+                "group",
+                title,
+                CheckState.FAIL,
+                "Graph refused to search groups (403)",
+                "grant GroupMember.Read.All (application permission with admin consent, or delegated scope)",
+            )
+        if not groups:
+            return CheckItem(
+                "group", title, CheckState.FAIL, "no Entra group has this displayName", "check --group-name"
+            )
+        if len(groups) > 1:
+            return CheckItem(
+                "group", title, CheckState.FAIL, f"{len(groups)} Entra groups have this displayName", "rename one"
+            )
+        members = await self.entra.group_members(str(groups[0]["id"]))
+        size = len(members)
+        return CheckItem(
+            "group", title, CheckState.OK if size else CheckState.WARN, f"{size} user member{'s' if size != 1 else ''}"
+        )
+
+    async def _graph_principal(self) -> GraphPrincipal:
+        """Who Graph sees: the token's claims when it is a JWT, else ``/me`` (a 400 there means app-only)."""
+        principal = principal_from_claims(await self.entra.token_claims()) or GraphPrincipal("unknown")
+        if principal.kind == "unknown" or (principal.kind == "delegated" and not principal.user):
+            try:
+                me = await self.entra.me()
+            except EntraAuthError:
+                raise
+            except EntraAPIError as exc:
+                if exc.status == 400:  # "/me request is only valid with delegated authentication flow"
+                    principal = attrs.evolve(principal, kind="application")
+            else:
+                principal = attrs.evolve(
+                    principal, kind="delegated", user=str(me.get("userPrincipalName") or "") or None
+                )
+        if principal.client_id is None:
+            graph = self.entra.settings
+            client_id = graph.client_id or graph.environment.get("AZURE_CLIENT_ID")
+            if client_id is None and graph.resolved_auth() in {AuthMode.INTERACTIVE, AuthMode.DEVICE_CODE}:
+                client_id = GRAPH_CLI_CLIENT_ID
+            principal = attrs.evolve(principal, client_id=client_id)
+        return principal
+
+    # -- export: read back what provision stored, for device-management roll-outs --------------------------------
+
+    def export(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "skip",
+        after: Report | None = None,
+    ) -> Report:
+        """Sync form of :meth:`aexport`."""
+        report: Report = self._run(self.aexport(group_name, group_source=group_source, enrolled=enrolled, after=after))
+        return report
+
+    async def aexport(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "skip",
+        after: Report | None = None,
+    ) -> Report:
+        """Each member's stored enrollment URL and token, read back from Entra; nothing is minted or written.
+
+        Same preflight and member resolution as :meth:`aprovision`. Members whose attribute set holds both values
+        end ``set`` and carry them (``enrollment_url``, ``enrollment_token``); ``not_set`` means Graph returned
+        nothing (not provisioned, or this sign-in may not read them); an incomplete pair is ``failed``. ``after``
+        is the provision report of the same run: members it failed are not read back, because Entra may still
+        hold a token Defguard has already cancelled. :func:`defguard_entra._client_config.write_export` turns the
+        result into files.
+
+        .. versionadded:: 0.1.0
+        """
+        from ._client_config import config_from_attributes  # noqa: PLC0415
+        from .exceptions import ClientConfigError  # noqa: PLC0415
+
+        if not group_name.strip():
+            raise ConfigurationError("--group-name is empty: give the name of the group to export")
+        if group_source not in {"defguard", "entra"}:
+            raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+        if enrolled not in {"skip", "desktop"}:
+            raise ConfigurationError("--enrolled must be 'skip' or 'desktop'")
+        started = _now()
+        notes: list[str] = []
+        audit: dict[str, Any] = {}
+        version, members = await self._preflight(group_name, group_source, notes, audit)
+        self._classify(members, enrolled)
+        if group_source == "defguard":
+            await self._resolve_in_entra(members)
+        detect_shared_entra_users(members)
+        if after is not None:
+            failed = {
+                o.username or o.entra_id: o.error
+                for o in after.outcomes
+                if o.status in {Status.FAILED, Status.INTERRUPTED}
+            }
+            for member in members:
+                key = member.username or (member.entra.id if member.entra else None)
+                if member.status is None and key is not None and key in failed:
+                    member.settle(
+                        Status.FAILED,
+                        f"provision failed for this member in this run ({failed[key]}): no file written",
+                    )
+        todo = [m for m in members if m.status is None and m.entra is not None]
+        ids = [m.entra.id for m in todo if m.entra is not None]
+        stored = await self.entra.read_attributes(self.attribute_set, ids) if ids else {}
+        configs: dict[int, ProvisioningConfig] = {}
+        for member in todo:
+            assert member.entra is not None
+            try:
+                configs[id(member)] = config_from_attributes(stored.get(member.entra.id), self.attribute_set)
+            except ClientConfigError as exc:
+                if exc.reason == "missing":
+                    member.settle(Status.NOT_SET, f"{exc}: not provisioned yet, or not readable by this sign-in")
+                else:
+                    member.settle(Status.FAILED, f"incomplete: {exc}: run provision again for this member")
+            else:
+                member.settle(Status.SET)
+        if todo and all(m.status is Status.NOT_SET for m in todo):
+            notes.append(
+                f"none of the {len(todo)} resolved members has readable attributes in set {self.attribute_set!r}: "
+                "if provision has run, this sign-in may not read them: it needs CustomSecAttributeAssignment.Read.All "
+                "and the Attribute Assignment Reader role (Graph answers 'not assigned' and 'not permitted' the same "
+                "way)"
+            )
+        outcomes = tuple(self._export_outcome(m, configs.get(id(m))) for m in members)
+        return Report(
+            command="export",
+            started_at=started,
+            finished_at=_now(),
+            group_name=group_name,
+            group_source=group_source,
+            attribute_set=self.attribute_set,
+            outcomes=outcomes,
+            defguard_url=self.defguard.url,
+            defguard_version=version,
+            tool_version=__version__,
+            notes=tuple(notes),
+            audit=audit,
+        )
+
+    @staticmethod
+    def _export_outcome(member: Member, config: ProvisioningConfig | None) -> Outcome:
+        entra = member.entra
+        return Outcome(
+            username=member.username,
+            email=member.email if member.defguard is not None else (entra.mail if entra else None),
+            status=member.status or Status.FAILED,
+            matched_by=member.matched_by,
+            entra_id=entra.id if entra else None,
+            user_principal_name=entra.user_principal_name if entra else None,
+            enrollment_url=config.enrollment_url if config is not None else None,
+            enrollment_token=config.enrollment_token if config is not None else None,
+            error=member.error if member.status is not None else "internal error: member was never settled",
+        )
+
+
+def _check_group_args(group_name: str, group_source: str) -> None:
+    if not group_name.strip():
+        raise ConfigurationError("--group-name is empty: give the name of the group")
+    if group_source not in {"defguard", "entra"}:
+        raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+
+
+def _stored_status(values: Mapping[str, Any] | None) -> Status:
+    has_token = bool(values and values.get(ATTRIBUTE_TOKEN))
+    has_url = bool(values and values.get(ATTRIBUTE_URL))
+    if has_token and has_url:
+        return Status.SET
+    return Status.PARTIAL if has_token or has_url else Status.NOT_SET
+
+
+def _with_stored(outcome: Outcome, values: Mapping[str, Any] | None) -> Outcome:
+    """The outcome with what the attribute set held when read (the token as a :class:`Secret`)."""
+    if not values:
+        return outcome
+    token, url = values.get(ATTRIBUTE_TOKEN), values.get(ATTRIBUTE_URL)
+    return attrs.evolve(
+        outcome,
+        enrollment_url=str(url) if url else None,
+        enrollment_token=Secret(str(token)) if token else None,
+    )
+
+
+class _Phases:
+    """Seconds per phase of a run, recorded in ``audit["timings"]`` (for the report's audit section)."""
+
+    def __init__(self, audit: dict[str, Any]) -> None:
+        self._timings: dict[str, float] = audit.setdefault("timings", {})
+        self._last = time.monotonic()
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self._timings[f"{phase}_seconds"] = round(self._timings.get(f"{phase}_seconds", 0.0) + now - self._last, 3)
+        self._last = now
 
 
 _SKIP_REASONS = {

@@ -7,6 +7,7 @@ does; ``demo`` runs the whole flow against the built-in emulators.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from .models import Report, Secret
 __all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-COMMANDS = ("provision", "demo")
+COMMANDS = ("provision", "demo", "fetch-config", "export", "status", "clear", "check")
 
 log = logging.getLogger("defguard_entra")
 
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", metavar="PATH", help="also write the report here (.json or .csv)")
     _add_common(demo)
     demo.set_defaults(handler=_cmd_demo)
+    _add_client_config_commands(sub)
+    _add_operations_commands(sub)
     return parser
 
 
@@ -226,9 +229,26 @@ def _read_api_token(args: argparse.Namespace, stdin: TextIO, warn: Callable[[str
     return None
 
 
+def _reject_conflicts(args: argparse.Namespace) -> None:
+    """Options that contradict each other: one line naming both, before anything is read or sent."""
+    if getattr(args, "quiet", False) and getattr(args, "verbose", 0):
+        raise ConfigurationError("--quiet and --verbose contradict each other: give one of them")
+    if getattr(args, "reveal_tokens", False) and not getattr(args, "report", None):
+        raise ConfigurationError("--reveal-tokens needs --report PATH: full tokens go only into an owner-only file")
+    report = getattr(args, "report", None)
+    if report:
+        target = Path(report).expanduser().resolve()
+        for flag in ("api_token_file", "ca_bundle"):
+            value = getattr(args, flag, None)
+            if value and Path(value).expanduser().resolve() == target:
+                option = "--" + flag.replace("_", "-")
+                raise ConfigurationError(f"--report {report!r} would overwrite {option}: write the report elsewhere")
+
+
 def load_settings(
     args: argparse.Namespace, environ: Mapping[str, str], stdin: TextIO, warn: Callable[[str], None]
 ) -> Settings:
+    _reject_conflicts(args)
     base = Settings.from_env(environ)
     graph = base.graph
     graph = attrs.evolve(
@@ -250,7 +270,10 @@ def load_settings(
     if getattr(args, "attribute_set_name", None) is not None:
         changes["attribute_set"] = validate_attribute_set_name(args.attribute_set_name)
     if getattr(args, "enrollment_token_expiration_time", None) is not None:
-        changes["token_lifetime"] = parse_lifetime(args.enrollment_token_expiration_time)
+        try:
+            changes["token_lifetime"] = parse_lifetime(args.enrollment_token_expiration_time)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"--enrollment-token-expiration-time: {exc}") from None
     for flag, key in (("timeout", "timeout"), ("concurrency", "concurrency"), ("graph_write_rate", "graph_write_rate")):
         if getattr(args, flag, None) is not None:
             changes[key] = getattr(args, flag)
@@ -379,6 +402,7 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
             progress=progress,
             stop=ctx.stop,
         )
+    report = _audited(report, args, settings, ctx.environ)
     return _finish(report, ctx, report_path, reveal=args.reveal_tokens, quiet=args.quiet)
 
 
@@ -464,6 +488,417 @@ def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+# -- fetch-config and export: the desktop client's provisioning.json -------------------------------------------
+
+
+def _add_client_config_commands(sub: Any) -> None:
+    fetch = sub.add_parser(
+        "fetch-config",
+        help="on the user's machine: write the Defguard client's provisioning.json from Entra",
+        description="Sign in as the current user, read the enrollment URL and token that provision stored in "
+        "their Entra custom security attributes, and write provisioning.json where the Defguard desktop client "
+        "reads it on its next start: Windows %APPDATA%\\net.defguard, macOS ~/Library/Application Support/"
+        "net.defguard, Linux $XDG_DATA_HOME/net.defguard (default ~/.local/share). The token is never shown.",
+        epilog="Exit codes: 0 written (or already identical), 1 attributes missing, incomplete or unreadable, or a "
+        "different file present without --force, 2 usage error, 3 sign-in or Graph failure.",
+        allow_abbrev=False,
+    )
+    _add_graph(fetch)
+    target = fetch.add_argument_group("file")
+    target.add_argument(
+        "--output", metavar="PATH", help="write here instead of the client's data directory for this OS"
+    )
+    target.add_argument(
+        "--force", action="store_true", help="replace an existing provisioning.json that holds something else"
+    )
+    _add_common(fetch)
+    fetch.set_defaults(handler=_cmd_fetch_config)
+
+    export = sub.add_parser(
+        "export",
+        help="admin side: one provisioning.json per group member, for device management",
+        description="Read the enrollment URL and token provision stored for each member of a group and write "
+        "DIR/<userPrincipalName>/provisioning.json for each, plus manifest.json and manifest.csv accounting for "
+        "every member. Files are owner-only and hold live tokens: hand them to your device management, not to "
+        "a share.",
+        epilog="Exit codes: 0 every member exported or needs no file (disabled, already enrolled), 1 some "
+        "members need attention, 2 usage error, 3 the run could not start.",
+        allow_abbrev=False,
+    )
+    _add_defguard(export)
+    _add_graph(export)
+    what = export.add_argument_group("what to export")
+    what.add_argument("--group-name", "-GroupName", metavar="NAME", help="the group to export (required)")
+    what.add_argument(
+        "--group-source",
+        choices=["defguard", "entra"],
+        default="defguard",
+        help="where the group lives: a Defguard group (default) or an Entra group by displayName",
+    )
+    what.add_argument(
+        "--output-dir", metavar="DIR", required=True, help="where to write the files (created owner-only if missing)"
+    )
+    what.add_argument(
+        "--deep-links",
+        action="store_true",
+        help="add each member's defguard://addinstance link to the manifest (it holds the token)",
+    )
+    what.add_argument(
+        "--enrolled",
+        choices=["skip", "desktop"],
+        default="skip",
+        help="already-enrolled users: skip them (default) or export their desktop-configuration token",
+    )
+    mint = export.add_argument_group("mint first (--provision)")
+    mint.add_argument(
+        "--provision", action="store_true", help="run provision for the group first, in the same run, then export"
+    )
+    mint.add_argument(
+        "--enrollment-token-expiration-time",
+        "-EnrollmentTokenExpirationTime",
+        metavar="DURATION",
+        help="with --provision: token lifetime, e.g. 24h, 1d (default: the server's)",
+    )
+    mint.add_argument(
+        "--only-missing",
+        action="store_true",
+        help="with --provision: mint only for members whose attributes hold no token yet",
+    )
+    _add_common(export)
+    export.set_defaults(handler=_cmd_export)
+
+
+def _cmd_fetch_config(args: argparse.Namespace, ctx: _Context) -> int:
+    from ._client_config import (  # noqa: PLC0415
+        WriteOutcome,
+        check_output_file,
+        default_provisioning_path,
+        require_user_sign_in,
+    )
+
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    require_user_sign_in(settings.graph)
+    target = check_output_file(args.output) if args.output else default_provisioning_path(sys.platform, ctx.environ)
+    if target.is_dir():
+        raise ConfigurationError(f"{str(target)!r} is a directory: remove it or pass --output PATH")
+    if settings.graph.static_token is not None:
+        ctx.redactor.add(settings.graph.static_token.value)
+    from ._client_config import fetch_provisioning_config, write_provisioning_file  # noqa: PLC0415
+
+    config = fetch_provisioning_config(settings, prompt=ctx.console.info)
+    ctx.redactor.add(config.enrollment_token.value)
+    outcome = write_provisioning_file(config, target, force=args.force)
+    if not args.quiet:
+        if outcome is WriteOutcome.UNCHANGED:
+            ctx.console.out(f"{target} already holds this configuration: nothing to do")
+        else:
+            verb = "replaced" if outcome is WriteOutcome.REPLACED else "wrote"
+            ctx.console.out(
+                f"{verb} {target}: the Defguard client enrolls at {config.enrollment_url} on its next start "
+                "(it reads the file only while it has no instances)"
+            )
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    if not args.group_name or not args.group_name.strip():
+        raise ConfigurationError("--group-name is required: the name of the group whose members to export")
+    if not args.provision and (args.only_missing or args.enrollment_token_expiration_time is not None):
+        raise ConfigurationError("--only-missing and --enrollment-token-expiration-time apply only with --provision")
+    from ._client_config import check_output_dir, write_export  # noqa: PLC0415
+
+    output_dir = check_output_dir(args.output_dir)
+    settings.require_defguard()
+    if settings.defguard_token is not None:
+        ctx.redactor.add(settings.defguard_token.value)
+    if settings.graph.static_token is not None:
+        ctx.redactor.add(settings.graph.static_token.value)
+    from ._service import EXPORT_SCOPES, GROUP_SCOPES, PROVISION_SCOPES, ProvisioningService  # noqa: PLC0415
+
+    scopes = (PROVISION_SCOPES if args.provision else EXPORT_SCOPES) + (
+        GROUP_SCOPES if args.group_source == "entra" else ()
+    )
+    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+        provisioned = None
+        if args.provision:
+            progress = None if (args.no_progress or args.quiet) else _ProgressLine(ctx.console.stderr, "provisioning")
+            provisioned = service.provision(
+                args.group_name,
+                group_source=args.group_source,
+                lifetime=settings.token_lifetime,
+                enrolled=args.enrolled,
+                only_missing=args.only_missing,
+                progress=progress,
+                stop=ctx.stop,
+            )
+            code = _finish(provisioned, ctx, None, reveal=False, quiet=args.quiet)
+            if provisioned.fatal_error or provisioned.interrupted:
+                ctx.console.error("nothing exported: provision did not complete")
+                return code
+        report = service.export(
+            args.group_name, group_source=args.group_source, enrolled=args.enrolled, after=provisioned
+        )
+    for outcome in report.outcomes:
+        if outcome.enrollment_token is not None:
+            ctx.redactor.add(outcome.enrollment_token.value)
+    manifest = write_export(report, output_dir, deep_links=args.deep_links)
+    if not args.quiet:
+        ctx.console.out(_export_summary(manifest, report.notes))
+    if manifest.stale:
+        shown = ", ".join(manifest.stale[:5]) + (" …" if len(manifest.stale) > 5 else "")
+        ctx.console.warn(
+            f"{len(manifest.stale)} member director{'ies' if len(manifest.stale) != 1 else 'y'} in {output_dir} "
+            f"are not part of this export (left from an earlier run? their tokens are likely dead): {shown}; "
+            "remove them before distributing"
+        )
+    if output_dir.stat().st_mode & 0o077:
+        ctx.console.warn(
+            f"{output_dir} is open to other local users (the files inside are owner-only): consider chmod 700"
+        )
+    return EXIT_OK if manifest.ok else EXIT_FAILED
+
+
+def _export_summary(manifest: Any, notes: Sequence[str]) -> str:
+    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
+
+    entries = manifest.entries
+    files = [e for e in entries if e.status == "exported"]
+    changes = ", ".join(
+        f"{sum(1 for e in files if e.file is not None and e.file.value == kind)} {kind}"
+        for kind in ("written", "replaced", "unchanged")
+    )
+    plural = "s" if len(entries) != 1 else ""
+    title = (
+        f"export of group {manifest.group_name!r} to {manifest.output_dir}: {len(files)} of {len(entries)} "
+        f"member{plural} have a provisioning.json ({changes})"
+    )
+    lines = [title]
+    if entries:
+        lines.append(format_pretty_table([[k, v] for k, v in manifest.summary.items()], ["status", "members"]))
+    problems = [e for e in entries if not e.ok]
+    if problems:
+        rows = [[e.username or e.user_principal_name or "-", e.status, e.error or ""] for e in problems[:25]]
+        lines.append(format_pretty_table(rows, ["member", "status", "why"]))
+        if len(problems) > 25:
+            lines.append(f"… and {len(problems) - 25} more: see manifest.csv")
+    lines.extend(f"note: {n}" for n in notes)
+    lines.append(f"manifest: {manifest.output_dir / 'manifest.json'} and manifest.csv (owner-only)")
+    return "\n".join(lines)
+
+
+# -- status, clear and check --------------------------------------------------------------------------------------
+
+_STATUS_EPILOG = (
+    "Statuses: set (EnrollmentToken and EnrollmentUrl stored), partial (only one of them: provision "
+    "--only-missing re-provisions it), not_set (nothing stored, or this sign-in may not read the attributes: Graph "
+    "answers both the same way), no_email, not_found, ambiguous, not_in_defguard, failed, interrupted. The columns "
+    "active and enrolled are the Defguard user's state; tokens are masked (first 4 characters). "
+    "Exit codes: 0 every member looked up, 1 some member could not be (no_email, not_found, ambiguous, "
+    "not_in_defguard, failed), 2 usage error, 3 cannot run, 130 interrupted."
+)
+_CLEAR_EPILOG = (
+    "Statuses: cleared, not_set (nothing stored), kept (not enrolled in Defguard yet, without --all), planned "
+    "(--dry-run), not_found (also for a member without e-mail), ambiguous, failed, interrupted. Only "
+    "EnrollmentToken and EnrollmentUrl are set to null; other attributes of the set are left alone. "
+    "Exit codes: 0 done, 1 a member is failed, not_found or ambiguous, 2 usage error, 3 cannot run, 130 interrupted."
+)
+_CHECK_EPILOG = (
+    "Nothing is changed: no token is minted and no attribute written. Write (and read) permission on the "
+    "attributes is judged from the Graph access token's claims when it is a JWT (roles, scp, wids); otherwise it "
+    "is reported 'not verified' (Graph shows it only by writing). Exit codes: 0 ready (warnings allowed), 2 usage "
+    "error, 3 not ready."
+)
+
+
+def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
+    g = p.add_argument_group("which group")
+    g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required)")
+    g.add_argument(
+        "--group-source",
+        choices=["defguard", "entra"],
+        default="defguard",
+        help="where the group lives: a Defguard group (default) or an Entra group by displayName",
+    )
+
+
+def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    pace = p.add_argument_group("pace")
+    if writes:
+        pace.add_argument(
+            "--graph-write-rate",
+            type=float,
+            default=None,
+            metavar="W",
+            help="Graph attribute writes per second (default 20; 0: no limit)",
+        )
+    pace.add_argument("--retries", type=int, default=None, metavar="N", help="retries per request (default 7)")
+    pace.add_argument(
+        "--max-retry-time", type=float, default=None, metavar="SECONDS", help="give up on a request after this long"
+    )
+
+
+def _add_operations_commands(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        help="where each member stands: Defguard state, Entra match, stored attributes (read-only)",
+        description="Show, for every member of a group, the Defguard user's state (active, enrolled), the "
+        "matching Entra user, and whether EnrollmentToken and EnrollmentUrl are stored (token masked). "
+        "Read-only.",
+        epilog=_STATUS_EPILOG,
+        allow_abbrev=False,
+    )
+    _add_defguard(status)
+    _add_graph(status)
+    _add_group_options(status, "show")
+    _add_retry_options(status, writes=False)
+    status.add_argument_group("report").add_argument(
+        "--report", metavar="PATH", help="write a .json or .csv report (tokens masked)"
+    )
+    _add_common(status)
+    status.set_defaults(handler=_cmd_status)
+
+    clear = sub.add_parser(
+        "clear",
+        help="set EnrollmentToken and EnrollmentUrl to null for enrolled members (or all with --all)",
+        description="Remove the stored enrollment token and URL (an enrollment token in a directory attribute is a "
+        "secret) for members who are already enrolled in Defguard, or for every member with --all.",
+        epilog=_CLEAR_EPILOG,
+        allow_abbrev=False,
+    )
+    _add_defguard(clear)
+    _add_graph(clear)
+    _add_group_options(clear, "clear")
+    what = clear.add_argument_group("what to clear")
+    what.add_argument(
+        "--all",
+        dest="all_members",
+        action="store_true",
+        help="clear every member's attributes, also of members not enrolled yet (their tokens stop being usable "
+        "by the desktop client)",
+    )
+    what.add_argument("--dry-run", action="store_true", help="read everything, write nothing: who would be cleared")
+    _add_retry_options(clear, writes=True)
+    clear.add_argument_group("report").add_argument(
+        "--report", metavar="PATH", help="write a .json or .csv report (tokens masked)"
+    )
+    _add_common(clear)
+    clear.set_defaults(handler=_cmd_clear)
+
+    check = sub.add_parser(
+        "check",
+        help="verify a setup end to end without changing anything; a fix hint for each failure",
+        description="Check that provision can run: Defguard reachable (and its version), the API token honoured "
+        "(license), valid and an admin's, the group found and its size; Microsoft Graph sign-in, permission to "
+        "read users, the attribute set and both attributes defined as single-valued String without "
+        "predefined-values-only, and the permissions to write and read them.",
+        epilog=_CHECK_EPILOG,
+        allow_abbrev=False,
+    )
+    _add_defguard(check)
+    _add_graph(check)
+    _add_group_options(check, "check")
+    _add_retry_options(check, writes=False)
+    _add_common(check)
+    check.set_defaults(handler=_cmd_check)
+
+
+def _prepare(args: argparse.Namespace, ctx: _Context, verb: str) -> tuple[Settings, Path | None]:
+    """Settings and the report path, validated before any request; secrets registered with the redactor."""
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    if not args.group_name or not args.group_name.strip():
+        raise ConfigurationError(f"--group-name is required: the name of the group whose members to {verb}")
+    report_path = None
+    if getattr(args, "report", None):
+        from ._render import check_report_path  # noqa: PLC0415
+
+        report_path = check_report_path(args.report)
+    settings.require_defguard()
+    if settings.defguard_token is not None:
+        ctx.redactor.add(settings.defguard_token.value)
+    if settings.graph.static_token is not None:
+        ctx.redactor.add(settings.graph.static_token.value)
+    return settings, report_path
+
+
+def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
+    settings, report_path = _prepare(args, ctx, "show")
+    from ._render import format_status_table  # noqa: PLC0415
+    from ._service import GROUP_SCOPES, STATUS_SCOPES, ProvisioningService  # noqa: PLC0415
+
+    scopes = STATUS_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+        report = service.status(args.group_name, group_source=args.group_source, stop=ctx.stop)
+    report = _audited(report, args, settings, ctx.environ)
+    if report.outcomes and not args.quiet:
+        ctx.console.out(format_status_table(report))
+    return _finish(report, ctx, report_path, reveal=False, quiet=args.quiet)
+
+
+def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
+    settings, report_path = _prepare(args, ctx, "clear")
+    from ._service import CLEAR_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+
+    scopes = CLEAR_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+        progress = None if (args.no_progress or args.quiet) else _ProgressLine(ctx.console.stderr, "clearing")
+        report = service.clear(
+            args.group_name,
+            group_source=args.group_source,
+            all_members=args.all_members,
+            dry_run=args.dry_run,
+            progress=progress,
+            stop=ctx.stop,
+        )
+    report = _audited(report, args, settings, ctx.environ)
+    return _finish(report, ctx, report_path, reveal=False, quiet=args.quiet)
+
+
+def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
+    settings, _ = _prepare(args, ctx, "check")
+    from ._render import format_checklist  # noqa: PLC0415
+    from ._service import CHECK_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+
+    scopes = CHECK_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+        checklist = service.check(args.group_name, group_source=args.group_source)
+    ctx.console.out(format_checklist(checklist, problems_only=args.quiet))
+    return EXIT_OK if checklist.ready else EXIT_FATAL
+
+
+_NOT_OPTIONS = frozenset({"handler", "command", "api_token", "verbose", "quiet", "no_progress", "debug"})
+
+
+def _audited(report: Report, args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> Report:
+    """The report with the options of this run in ``audit["options"]`` (never a secret: the API token's value is
+    left out, only where it came from is recorded)."""
+    secrets = {s.value for s in (settings.defguard_token, settings.graph.static_token) if s is not None}
+    options: dict[str, Any] = {
+        key: value
+        for key, value in sorted(vars(args).items())
+        if key not in _NOT_OPTIONS and value not in (None, False) and not (isinstance(value, str) and value in secrets)
+    }
+    literal = getattr(args, "api_token", None)
+    source: str | None
+    if literal == "-":
+        source = "stdin"
+    elif literal is not None:
+        source = "command line"
+    elif getattr(args, "api_token_file", None):
+        source = "file"
+    else:
+        source = "environment" if environ.get("DEFGUARD_API_TOKEN") else None
+    options.update(
+        command=report.command,
+        api_token_source=source,
+        defguard_url=settings.defguard_url,
+        graph_url=settings.graph.base_url,
+        graph_auth=settings.graph.resolved_auth().value,
+        attribute_set=settings.attribute_set,
+    )
+    return attrs.evolve(report, audit={**report.audit, "options": {**report.audit.get("options", {}), **options}})
+
+
 @attrs.define
 class _Context:
     environ: Mapping[str, str]
@@ -499,7 +934,8 @@ def main(
     redactor = RedactingFilter()
     parser = build_parser()
     try:
-        args = parser.parse_args(_normalise_argv(argv))
+        with contextlib.redirect_stdout(stdout):  # --help and --version print to the injected stream
+            args = parser.parse_args(_normalise_argv(argv))
     except _UsageError as exc:
         print(f"error: {exc} (see --help)", file=stderr)
         return EXIT_USAGE

@@ -7,6 +7,7 @@ Per-member problems (no Entra match, an ambiguous match, a failed write) are not
 from __future__ import annotations
 
 __all__ = [
+    "ClientConfigError",
     "ConfigurationError",
     "DefguardAPIError",
     "DefguardAuthError",
@@ -27,6 +28,23 @@ class DefguardEntraError(Exception):
 
 class ConfigurationError(DefguardEntraError):
     """Settings, flags or environment are wrong; raised before any request is sent."""
+
+
+class ClientConfigError(DefguardEntraError):
+    """No ``provisioning.json`` was written (``fetch-config``, :func:`write_provisioning_file`).
+
+    ``reason`` says why: ``"missing"`` (Graph returned no values: not assigned yet, or the caller may not read
+    them; Graph answers both the same way), ``"incomplete"`` (only one of the URL and token, or an invalid URL) or
+    ``"exists"`` (a file with different content is in the way and ``force`` was not given). The message never
+    contains the token.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (str(self), self.reason))
 
 
 class PreflightError(DefguardEntraError):

@@ -16,6 +16,9 @@ from typing import Any, Self
 import attrs
 
 __all__ = [
+    "CheckItem",
+    "CheckState",
+    "Checklist",
     "DefguardGroup",
     "DefguardServer",
     "DefguardUser",
@@ -69,6 +72,7 @@ class Status(enum.StrEnum):
     NOT_SET = "not_set"
     KEPT = "kept"
     SET = "set"
+    PARTIAL = "partial"  # status: only one of EnrollmentToken and EnrollmentUrl is stored
 
     @property
     def is_problem(self) -> bool:
@@ -218,6 +222,8 @@ class Outcome:
     token_expires_at: dt.datetime | None = None
     error: str | None = None
     retries: int = 0
+    defguard_active: bool | None = None  # the Defguard user's state when the run read it (None: no Defguard user)
+    defguard_enrolled: bool | None = None
 
     def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
         token = self.enrollment_token
@@ -238,7 +244,18 @@ class Outcome:
             "token_expires_at": _iso(self.token_expires_at),
             "error": self.error,
             "retries": self.retries,
+            "defguard_active": self.defguard_active,
+            "defguard_enrolled": self.defguard_enrolled,
         }
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: one row per field, the token masked (as in :meth:`to_dict`)."""
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(key)}</th>"
+            f"<td>{html.escape('' if value is None else str(value))}</td></tr>"
+            for key, value in self.to_dict().items()
+        )
+        return f"<table>{rows}</table>"
 
 
 OUTCOME_FIELDS: tuple[str, ...] = tuple(Outcome(None, None, Status.PLANNED).to_dict())
@@ -338,3 +355,73 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, int]:
     """Members per status for a list of outcomes (same order as :attr:`Report.summary`)."""
     counts = Counter(o.status for o in outcomes)
     return {s.value: counts[s] for s in Status if counts[s]}
+
+
+# -- check ----------------------------------------------------------------------------------------------------------
+
+
+class CheckState(enum.StrEnum):
+    """One checklist line's verdict: ``fail`` makes the setup not ready; ``warn`` could not be verified."""
+
+    OK = "ok"
+    FAIL = "fail"
+    WARN = "warn"
+    SKIP = "skip"
+
+
+@attrs.frozen
+class CheckItem:
+    """One line of the ``check`` checklist: what was checked, the verdict, what was seen and how to fix it."""
+
+    key: str
+    title: str
+    state: CheckState
+    detail: str = ""
+    hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "title": self.title,
+            "state": self.state.value,
+            "detail": self.detail,
+            "hint": self.hint,
+        }
+
+
+@attrs.frozen
+class Checklist:
+    """What ``check`` found; :attr:`ready` when no item failed (``warn`` and ``skip`` do not count)."""
+
+    items: tuple[CheckItem, ...]
+    group_name: str
+    group_source: str = "defguard"
+    attribute_set: str = "Defguard"
+    defguard_url: str | None = None
+    defguard_version: str | None = None
+    graph_url: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not any(item.state is CheckState.FAIL for item in self.items)
+
+    @property
+    def failures(self) -> list[CheckItem]:
+        return [item for item in self.items if item.state is CheckState.FAIL]
+
+    def item(self, key: str) -> CheckItem:
+        """The item with this key (``KeyError`` if the check did not produce it)."""
+        for item in self.items:
+            if item.key == key:
+                return item
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "group": {"name": self.group_name, "source": self.group_source},
+            "attribute_set": self.attribute_set,
+            "defguard": {"url": self.defguard_url, "version": self.defguard_version},
+            "graph": {"url": self.graph_url},
+            "items": [item.to_dict() for item in self.items],
+        }

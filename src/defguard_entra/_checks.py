@@ -1,0 +1,366 @@
+"""Pure logic of ``check``: what a Graph access token says about its caller, and checklist lines with fix hints.
+
+No I/O, no clock, no logging: the service gathers the answers, these functions judge them. Every failing line names
+what to grant or change: the delegated scope, the application permission or the Entra role (``graph-api.md``,
+section 8), or the Defguard setting.
+
+How write permission is judged without writing: Graph shows whether a PATCH is allowed only by doing one, and a
+PATCH that Graph would reject for another reason still depends on the order in which Graph validates (and would be
+a write if that guess were wrong). So ``check`` never sends one. When the access token is a JWT, its ``roles``
+(application permissions), ``scp`` (delegated scopes) and ``wids`` (tenant-wide Entra roles) claims are read; a
+missing permission or scope is then a failure, a role that does not show is "not verified" (a role scoped to the
+attribute set never shows in the token). When the token is opaque, write and read permission are "not verified".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL
+from .models import CheckItem, CheckState
+
+if TYPE_CHECKING:
+    from ._entra import AttributeSetCheck
+
+__all__ = [
+    "READ_ATTRIBUTES",
+    "ROLE_TEMPLATE_IDS",
+    "WRITE_ATTRIBUTES",
+    "GraphPrincipal",
+    "Permission",
+    "attribute_items",
+    "defguard_token_items",
+    "permission_item",
+    "principal_from_claims",
+    "read_users_item",
+]
+
+#: Built-in Entra roles by name → template id (as they appear in a token's ``wids`` claim).
+ROLE_TEMPLATE_IDS = {
+    "Attribute Assignment Administrator": "58a13ea3-c632-46ae-9ee0-9c0d43cd7f3d",
+    "Attribute Assignment Reader": "ffd52fa5-98dc-465c-991d-fc073eb59f8f",
+    "Attribute Definition Administrator": "8424c6f0-a189-499e-bbd0-26c1753c96d4",
+    "Attribute Definition Reader": "1d336d2c-4ae8-42ef-9711-b3604ce3fc2c",
+}
+
+OK, FAIL, WARN, SKIP = CheckState.OK, CheckState.FAIL, CheckState.WARN, CheckState.SKIP
+
+
+# -- who is calling Graph ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GraphPrincipal:
+    """Who the Graph access token stands for. ``None`` in a permission field means "the token does not say"."""
+
+    kind: str  # "delegated" | "application" | "unknown"
+    user: str | None = None  # delegated: the signed-in user's UPN
+    client_id: str | None = None
+    scopes: frozenset[str] | None = None  # delegated: the token's ``scp``
+    app_permissions: frozenset[str] | None = None  # application: the token's ``roles``
+    directory_roles: frozenset[str] | None = None  # delegated: ``wids`` (role template ids), when emitted
+
+    def describe(self) -> str:
+        client = f"client id {self.client_id}" if self.client_id else "client id unknown"
+        if self.kind == "delegated":
+            return f"signed in as {self.user or 'an unknown user'} ({client})"
+        if self.kind == "application":
+            return f"application ({client})"
+        return f"unknown principal ({client})"
+
+    def to_audit(self) -> dict[str, Any]:
+        return {"type": self.kind, "user": self.user, "client_id": self.client_id}
+
+
+def principal_from_claims(claims: Mapping[str, Any] | None) -> GraphPrincipal | None:
+    """Read ``scp``/``roles``/``wids``/``upn``/``appid`` from decoded token claims; ``None`` for no claims."""
+    if not claims:
+        return None
+    client_id = _text(claims.get("appid")) or _text(claims.get("azp"))
+    if isinstance(claims.get("scp"), str):
+        wids = claims.get("wids")
+        return GraphPrincipal(
+            "delegated",
+            user=_text(claims.get("upn"))
+            or _text(claims.get("unique_name"))
+            or _text(claims.get("preferred_username")),
+            client_id=client_id,
+            scopes=frozenset(s.lower() for s in str(claims["scp"]).split()),
+            directory_roles=frozenset(str(w).lower() for w in wids) if isinstance(wids, list) else None,
+        )
+    roles = claims.get("roles")
+    if isinstance(roles, list) or claims.get("idtyp") == "app":
+        return GraphPrincipal(
+            "application",
+            client_id=client_id,
+            app_permissions=frozenset(str(r).lower() for r in roles) if isinstance(roles, list) else frozenset(),
+        )
+    return GraphPrincipal("unknown", client_id=client_id)
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
+
+
+# -- Graph permissions ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Permission:
+    """What a step needs, in each sign-in style (any one of each tuple suffices)."""
+
+    key: str
+    title: str
+    scopes: tuple[str, ...]  # delegated scopes
+    app_permissions: tuple[str, ...]  # application permissions
+    roles: tuple[str, ...]  # Entra roles of the signed-in user (delegated only)
+    purpose: str
+    unobservable: str  # why a response cannot tell
+
+    def needs(self) -> str:
+        return (
+            f"application permission {self.app_permissions[0]} (admin consent), or, signed in as a user, the "
+            f"delegated scope {self.scopes[0]} plus the Entra role {self.roles[0]} (it can be scoped to the "
+            "attribute set; Global Administrator does not include it)"
+        )
+
+
+WRITE_ATTRIBUTES = Permission(
+    "graph_write_attributes",
+    "permission to write the attributes",
+    scopes=("CustomSecAttributeAssignment.ReadWrite.All",),
+    app_permissions=("CustomSecAttributeAssignment.ReadWrite.All",),
+    roles=("Attribute Assignment Administrator",),
+    purpose="provision and clear write them",
+    unobservable="Graph shows whether a write is allowed only by doing one, which check never does",
+)
+READ_ATTRIBUTES = Permission(
+    "graph_read_attributes",
+    "permission to read the attributes",
+    scopes=("CustomSecAttributeAssignment.Read.All", "CustomSecAttributeAssignment.ReadWrite.All"),
+    app_permissions=("CustomSecAttributeAssignment.Read.All", "CustomSecAttributeAssignment.ReadWrite.All"),
+    roles=("Attribute Assignment Reader", "Attribute Assignment Administrator"),
+    purpose="status, clear and provision --only-missing read them",
+    unobservable="without it Graph does not refuse a read but answers as if nothing were stored",
+)
+
+
+def permission_item(permission: Permission, principal: GraphPrincipal | None) -> CheckItem:
+    """Judge ``permission`` from the token's claims; "not verified" (warn) where the token does not say."""
+    key, title = permission.key, permission.title
+    if principal is None or (principal.scopes is None and principal.app_permissions is None):
+        return CheckItem(
+            key,
+            title,
+            WARN,
+            f"not verified: the access token does not list its permissions, and {permission.unobservable} "
+            f"({permission.purpose})",
+            f"make sure the principal has the {permission.needs()}",
+        )
+    if principal.kind == "application":
+        granted = principal.app_permissions or frozenset()
+        found = next((p for p in permission.app_permissions if p.lower() in granted), None)
+        if found:
+            return CheckItem(key, title, OK, f"application permission {found}")
+        return CheckItem(
+            key,
+            title,
+            FAIL,
+            f"the application has no {permission.app_permissions[0]} permission ({permission.purpose})",
+            f"add the application permission {permission.app_permissions[0]} (Microsoft Graph) to the app "
+            "registration and grant admin consent; app-only callers need no Entra role",
+        )
+    scopes = principal.scopes or frozenset()
+    scope = next((s for s in permission.scopes if s.lower() in scopes), None)
+    if scope is None:
+        return CheckItem(
+            key,
+            title,
+            FAIL,
+            f"the token has no delegated scope {permission.scopes[0]} ({permission.purpose})",
+            f"consent to the delegated scope {permission.scopes[0]} for the client application (admin consent), "
+            f"then sign in again; the user also needs the Entra role {permission.roles[0]}",
+        )
+    wanted = {ROLE_TEMPLATE_IDS[r]: r for r in permission.roles}
+    held = principal.directory_roles or frozenset()
+    role = next((name for rid, name in wanted.items() if rid in held), None)
+    if role is not None:
+        return CheckItem(key, title, OK, f"delegated scope {scope} and the Entra role {role}")
+    return CheckItem(
+        key,
+        title,
+        WARN,
+        f"delegated scope {scope} granted; the Entra role {permission.roles[0]} does not show in the token "
+        "(a role scoped to the attribute set never does): not verified",
+        f"make sure the user holds {permission.roles[0]} (tenant-wide or on the attribute set); a Privileged Role "
+        "Administrator assigns it, Global Administrator does not include it",
+    )
+
+
+def read_users_item(allowed: bool) -> CheckItem:
+    if allowed:
+        return CheckItem("graph_read_users", "permission to read users", OK, "User.Read.All")
+    return CheckItem(
+        "graph_read_users",
+        "permission to read users",
+        FAIL,
+        "Graph refused to list users (403 Authorization_RequestDenied)",
+        "grant User.Read.All: the application permission with admin consent, or the delegated scope",
+    )
+
+
+# -- attribute definitions -----------------------------------------------------------------------------------------
+
+
+def attribute_items(check: AttributeSetCheck, set_name: str) -> list[CheckItem]:
+    """The definitions line, the set line and one line per attribute (type String, single-valued, free-form)."""
+    if not check.readable:
+        reason = "needs a readable definition"
+        return [
+            CheckItem(
+                "graph_read_definitions",
+                "permission to read attribute definitions",
+                FAIL,
+                "Graph refused to list the custom security attribute definitions (403): the attribute set and the "
+                "attributes' types cannot be checked, and provision would go on without checking them",
+                "grant CustomSecAttributeDefinition.Read.All (application permission, or delegated scope plus the "
+                "Entra role Attribute Definition Reader)",
+            ),
+            CheckItem("attribute_set", f"attribute set {set_name!r}", SKIP, reason),
+            *(CheckItem(_attribute_key(n), f"{set_name}.{n}", SKIP, reason) for n in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL)),
+        ]
+    items = [CheckItem("graph_read_definitions", "permission to read attribute definitions", OK, "")]
+    if not check.set_exists:
+        items.append(
+            CheckItem(
+                "attribute_set",
+                f"attribute set {set_name!r}",
+                FAIL,
+                f"Entra has no attribute set {set_name!r} (names are case-sensitive)",
+                f"create the attribute set {set_name} with the single-valued String attributes {ATTRIBUTE_TOKEN} "
+                f"and {ATTRIBUTE_URL} (Entra admin center → Custom security attributes; needs the Attribute "
+                "Definition Administrator role), or pass --attribute-set-name with the set you use",
+            )
+        )
+        items.extend(
+            CheckItem(_attribute_key(n), f"{set_name}.{n}", SKIP, "the attribute set does not exist")
+            for n in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL)
+        )
+        return items
+    items.append(CheckItem("attribute_set", f"attribute set {set_name!r}", OK, "exists"))
+    for name in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL):
+        label = f"{set_name}.{name}"
+        problems = [p for p in check.problems if label in p]
+        if not problems:
+            items.append(CheckItem(_attribute_key(name), label, OK, "single-valued String, free-form, Available"))
+            continue
+        items.append(
+            CheckItem(_attribute_key(name), label, FAIL, "; ".join(problems), _attribute_hint(set_name, name, problems))
+        )
+    return items
+
+
+def _attribute_key(name: str) -> str:
+    return "attribute_token" if name == ATTRIBUTE_TOKEN else "attribute_url"
+
+
+def _attribute_hint(set_name: str, name: str, problems: list[str]) -> str:
+    text = " ".join(problems)
+    if "not defined" in text:
+        return (
+            f"add the attribute {name} to the set {set_name}: data type String, single value, free-form (not "
+            "'only predefined values'); needs the Attribute Definition Administrator role"
+        )
+    if "type" in text or "multiple values" in text:
+        return (
+            "an attribute's data type and its single/multiple-value choice cannot be changed, and attributes cannot "
+            f"be deleted: define {ATTRIBUTE_TOKEN} and {ATTRIBUTE_URL} as single-valued String attributes in a new "
+            "attribute set and pass --attribute-set-name NAME"
+        )
+    fixes = []
+    if "predefined" in text:
+        fixes.append("set 'Allow only predefined values' to No (usePreDefinedValuesOnly false)")
+    if "Available" in text:
+        fixes.append("reactivate it (status Available)")
+    return f"edit {set_name}.{name}: " + " and ".join(fixes)
+
+
+# -- Defguard ------------------------------------------------------------------------------------------------------
+
+
+def defguard_token_items(
+    owner: str | None, is_admin: bool | None, error: tuple[int, str] | None, detail: str = ""
+) -> list[CheckItem]:
+    """The license-gate, token and admin lines from ``/api/v1/me``: its user, or its error (status, ``msg``)."""
+    license_title, token_title, admin_title = (
+        "license: API tokens honoured",
+        "API token valid",
+        "API token owner is an admin",
+    )
+    gate_on = CheckItem("defguard_license", license_title, OK, "the server evaluated the API token")
+    if error is None:
+        return [
+            gate_on,
+            CheckItem("defguard_token", token_title, OK, f"owner {owner!r}"),
+            CheckItem("defguard_admin", admin_title, OK, f"{owner!r} is an admin")
+            if is_admin
+            else CheckItem(
+                "defguard_admin",
+                admin_title,
+                FAIL,
+                f"{owner!r} is not an admin",
+                "use an API token of a Defguard admin, or make its owner an admin",
+            ),
+        ]
+    status, message = error
+    if message == "Session is required":
+        return [
+            CheckItem(
+                "defguard_license",
+                license_title,
+                FAIL,
+                "Defguard ignored the API token and asked for a browser session (401 Session is required)",
+                "Defguard honours API tokens only while a license is active (1.6.x: or within the free limits): "
+                "check the license in Defguard's settings",
+            ),
+            CheckItem("defguard_token", token_title, SKIP, "not evaluated: the server ignored it"),
+            CheckItem("defguard_admin", admin_title, SKIP, "not evaluated: the server ignored the token"),
+        ]
+    if message == "Token authentication is not allowed for normal users":
+        return [
+            gate_on,
+            CheckItem("defguard_token", token_title, OK, "known to the server"),
+            CheckItem(
+                "defguard_admin",
+                admin_title,
+                FAIL,
+                f"{status} {message}",
+                "the token's owner is not (or no longer) an admin: use an API token of a Defguard admin",
+            ),
+        ]
+    if message in {"Invalid API token", "Invalid auth header"}:
+        hint = (
+            "it should look like dg-<32 letters and digits>: copy it again"
+            if message == "Invalid auth header"
+            else "the token is unknown, revoked, or its owner is disabled: create a new API token for an admin "
+            "user in Defguard and pass it with DEFGUARD_API_TOKEN or --api-token-file"
+        )
+        return [
+            gate_on,
+            CheckItem("defguard_token", token_title, FAIL, f"{status} {message}", hint),
+            CheckItem("defguard_admin", admin_title, SKIP, "needs a valid API token"),
+        ]
+    return [
+        CheckItem("defguard_license", license_title, SKIP, "unknown"),
+        CheckItem(
+            "defguard_token",
+            token_title,
+            FAIL,
+            detail or f"{status} {message}",
+            "check that --url is the Defguard core and the token belongs to an admin",
+        ),
+        CheckItem("defguard_admin", admin_title, SKIP, "needs a valid API token"),
+    ]

@@ -1,0 +1,568 @@
+"""The user's machine: the Defguard desktop client's ``provisioning.json`` (``fetch-config``) and, for device
+management roll-outs, one such file per group member (``export``).
+
+The client reads ``<data dir>/net.defguard/provisioning.json`` once per launch while it has no instances
+(``defguard-api.md`` section 9). The file holds exactly ``enrollment_url`` and ``enrollment_token``. What this
+module writes, byte for byte, is :func:`provisioning_json`: UTF-8 without BOM, ``json.dumps(…, indent=2,
+ensure_ascii=False)`` with the keys in that order, LF line ends and one final newline, so a second run produces
+the same bytes and can tell "already there" from "different".
+
+Reading one's own custom security attributes needs the Attribute Assignment Reader role, and Graph answers
+"not assigned" and "not permitted" with the same ``null`` (``graph-api.md`` sections 5 and 8): the errors here say
+both. Nothing in this module prints, logs or puts a token in an exception message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import attrs
+
+from ._files import csv_bytes, write_private_file
+from ._loop import LoopThread
+from ._version import __version__
+from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, DEFAULT_ATTRIBUTE_SET, AuthMode, GraphSettings, Settings
+from .exceptions import ClientConfigError, ConfigurationError, EntraError
+from .models import ProvisioningConfig, Report, Secret, Status
+
+if TYPE_CHECKING:
+    from ._entra import AsyncEntraClient
+
+__all__ = [
+    "CLIENT_IDENTIFIER",
+    "FETCH_CONFIG_SCOPES",
+    "MANIFEST_CSV",
+    "MANIFEST_JSON",
+    "PROVISIONING_FILENAME",
+    "ExportEntry",
+    "ExportManifest",
+    "WriteOutcome",
+    "afetch_provisioning_config",
+    "check_output_dir",
+    "check_output_file",
+    "client_data_dir",
+    "config_from_attributes",
+    "deep_link",
+    "default_provisioning_path",
+    "fetch_provisioning_config",
+    "member_directory_name",
+    "provisioning_json",
+    "require_user_sign_in",
+    "write_export",
+    "write_provisioning_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: The desktop client's Tauri identifier: the name of its directory under the OS's data directory.
+CLIENT_IDENTIFIER = "net.defguard"
+PROVISIONING_FILENAME = "provisioning.json"
+MANIFEST_JSON = "manifest.json"
+MANIFEST_CSV = "manifest.csv"
+#: Delegated scopes ``fetch-config`` asks for: the signed-in user and reading custom security attributes only.
+FETCH_CONFIG_SCOPES = ("User.Read", "CustomSecAttributeAssignment.Read.All")
+
+_APPLICATION_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY})
+_ROOT_HOMES = {"darwin": "/var/root", "linux": "/root"}
+
+
+class WriteOutcome(enum.StrEnum):
+    """What :func:`write_provisioning_file` did."""
+
+    WRITTEN = "written"  # there was no file
+    REPLACED = "replaced"  # a different file was there and ``force`` replaced it
+    UNCHANGED = "unchanged"  # the file already held this configuration: not touched
+
+
+# -- where the client looks ------------------------------------------------------------------------------------
+
+
+def _is_windows(platform: str) -> bool:
+    return platform.startswith("win")
+
+
+def _home(platform: str, environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME", "").strip()
+    if not home:
+        raise ConfigurationError(
+            "HOME is not set, so the Defguard client's data directory is unknown: run fetch-config as the user "
+            "who uses the client, or pass --output PATH"
+        )
+    root_home = _ROOT_HOMES.get("linux" if platform.startswith("linux") else platform)
+    if root_home is not None and PurePosixPath(home) == PurePosixPath(root_home):
+        raise ConfigurationError(
+            f"HOME is {home} (root's): the Defguard client reads provisioning.json from the desktop user's own "
+            "data directory, so run fetch-config as that user, or pass --output PATH"
+        )
+    return Path(home)
+
+
+def client_data_dir(platform: str, environ: Mapping[str, str]) -> Path:
+    """The desktop client's data directory (``dirs::data_dir()`` + ``net.defguard``) for ``platform``.
+
+    ``platform`` is a :data:`sys.platform` value and ``environ`` the environment to resolve it in (the CLI passes
+    ``sys.platform`` and ``os.environ``). Windows: ``%APPDATA%\\net.defguard``; macOS:
+    ``~/Library/Application Support/net.defguard``; Linux and other Unixes: ``$XDG_DATA_HOME/net.defguard``
+    (``~/.local/share`` when unset or not absolute, as ``dirs`` does). Raises :class:`ConfigurationError` when the
+    variables it needs are missing, and when the directory would belong to ``SYSTEM`` or ``root`` rather than to a
+    desktop user (the installer-context trap of the PowerShell script).
+    """
+    if _is_windows(platform):
+        appdata = environ.get("APPDATA", "").strip()
+        if not appdata:
+            raise ConfigurationError(
+                "APPDATA is not set, so the Defguard client's data directory is unknown: run fetch-config as the "
+                "user who uses the client, or pass --output PATH"
+            )
+        if "systemprofile" in (part.lower() for part in PureWindowsPath(appdata).parts):
+            raise ConfigurationError(
+                f"APPDATA is {appdata} (the SYSTEM profile): the Defguard client reads provisioning.json from the "
+                "signed-in user's profile, so run fetch-config in the user's context (not as a SYSTEM-context "
+                "device install), or distribute files with export"
+            )
+        return Path(appdata) / CLIENT_IDENTIFIER
+    if platform == "darwin":
+        return _home(platform, environ) / "Library" / "Application Support" / CLIENT_IDENTIFIER
+    xdg = environ.get("XDG_DATA_HOME", "").strip()
+    if xdg and PurePosixPath(xdg).is_absolute():
+        return Path(xdg) / CLIENT_IDENTIFIER
+    return _home(platform, environ) / ".local" / "share" / CLIENT_IDENTIFIER
+
+
+def default_provisioning_path(platform: str, environ: Mapping[str, str]) -> Path:
+    """Where the desktop client looks for ``provisioning.json`` on ``platform`` (see :func:`client_data_dir`)."""
+    return client_data_dir(platform, environ) / PROVISIONING_FILENAME
+
+
+# -- the file ----------------------------------------------------------------------------------------------------
+
+
+def config_from_attributes(values: Mapping[str, Any] | None, attribute_set: str) -> ProvisioningConfig:
+    """The pair stored by ``provision`` → :class:`ProvisioningConfig`.
+
+    ``values`` is one user's values in ``attribute_set`` as the Entra client returns them (``None`` when Graph
+    returned nothing). Raises :class:`ClientConfigError` with ``reason`` ``"missing"`` when neither value is
+    there and ``"incomplete"`` when only one is, or the URL is not an http(s) URL. Messages never hold the token.
+    """
+    raw_url = values.get(ATTRIBUTE_URL) if values else None
+    raw_token = values.get(ATTRIBUTE_TOKEN) if values else None
+    url = raw_url.strip() if isinstance(raw_url, str) else ""
+    token = raw_token.strip() if isinstance(raw_token, str) else ""
+    where = f"attribute set {attribute_set!r}"
+    if not url and not token:
+        if raw_url is not None or raw_token is not None:
+            raise ClientConfigError(
+                f"{where} holds {ATTRIBUTE_URL} and {ATTRIBUTE_TOKEN}, but not as text", "incomplete"
+            )
+        raise ClientConfigError(f"{where} holds no {ATTRIBUTE_URL} and no {ATTRIBUTE_TOKEN}", "missing")
+    if not token:
+        raise ClientConfigError(f"{where} holds {ATTRIBUTE_URL} but no {ATTRIBUTE_TOKEN}", "incomplete")
+    if not url:
+        raise ClientConfigError(f"{where} holds {ATTRIBUTE_TOKEN} but no {ATTRIBUTE_URL}", "incomplete")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        shown = url if len(url) <= 80 else url[:80] + "…"
+        raise ClientConfigError(f"{where}: {ATTRIBUTE_URL} {shown!r} is not an http(s) URL", "incomplete")
+    return ProvisioningConfig(enrollment_url=url, enrollment_token=Secret(token))
+
+
+def provisioning_json(config: ProvisioningConfig) -> bytes:
+    """The exact bytes of ``provisioning.json``: UTF-8 without BOM, two-space indent, ``enrollment_url`` then
+    ``enrollment_token``, LF line ends and a final newline."""
+    if not config.enrollment_url or not config.enrollment_token:
+        raise ClientConfigError("a provisioning configuration needs both the enrollment URL and token", "incomplete")
+    text = json.dumps(config.to_json_dict(reveal=True), indent=2, ensure_ascii=False) + "\n"
+    return text.encode("utf-8")
+
+
+def deep_link(config: ProvisioningConfig) -> str:
+    """The client's own link for the same enrollment: ``defguard://addinstance?token=…&url=<percent-encoded>``.
+
+    It contains the token: treat it like the token.
+    """
+    query = urlencode({"token": config.enrollment_token.value, "url": config.enrollment_url}, quote_via=quote, safe="")
+    return f"defguard://addinstance?{query}"
+
+
+def _holds_same_config(existing: bytes, config: ProvisioningConfig) -> bool:
+    """True when an existing file (ours, or a BOM-prefixed one from the PowerShell script) has the same pair."""
+    try:
+        data = json.loads(existing.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("enrollment_url") == config.enrollment_url
+        and data.get("enrollment_token") == config.enrollment_token.value
+    )
+
+
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` (and missing parents) with the last level owner-only; an existing one is left as is."""
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, mode=0o700)
+    directory.chmod(0o700)  # independent of the umask
+
+
+def write_provisioning_file(
+    config: ProvisioningConfig, path: str | os.PathLike[str], *, force: bool = False
+) -> WriteOutcome:
+    """Write ``config`` to ``path`` as :func:`provisioning_json`, atomically and owner-only (0600).
+
+    A missing directory is created owner-only (0700). A file that already holds the same pair is left alone
+    (:attr:`WriteOutcome.UNCHANGED`; its permissions are tightened to 0600 if they were looser); a file with
+    anything else is kept and :class:`ClientConfigError` (``reason="exists"``) raised, unless ``force``. Raises
+    :class:`ClientConfigError` (``reason="unwritable"``) when the file system refuses.
+
+    .. versionadded:: 0.1.0
+    """
+    target = Path(path)
+    content = provisioning_json(config)
+    if target.is_dir():
+        raise ConfigurationError(f"{str(target)!r} is a directory: give the path of the file to write")
+    try:
+        existing = target.read_bytes() if target.exists() else None
+    except OSError as exc:
+        raise ClientConfigError(f"cannot read the existing {target}: {exc.strerror or exc}", "unwritable") from None
+    if existing is not None:
+        if existing == content or _holds_same_config(existing, config):
+            _tighten(target)
+            return WriteOutcome.UNCHANGED
+        if not force:
+            raise ClientConfigError(
+                f"{target} already exists with a different configuration: kept it; pass --force to replace it "
+                "(the client only reads it while it has no instances)",
+                "exists",
+            )
+    try:
+        _private_dir(target.parent)
+        write_private_file(target, content)
+    except OSError as exc:
+        raise ClientConfigError(f"cannot write {target}: {exc.strerror or exc}", "unwritable") from None
+    log.info("wrote %s", target)
+    return WriteOutcome.REPLACED if existing is not None else WriteOutcome.WRITTEN
+
+
+def _tighten(target: Path) -> None:
+    try:
+        if not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) & 0o077:
+            target.chmod(0o600)
+    except OSError as exc:  # not ours to change: the content is right, so say so and move on
+        log.warning("could not make %s owner-only: %s", target, exc.strerror or exc)
+
+
+# -- reading the signed-in user's attributes ------------------------------------------------------------------
+
+
+def require_user_sign_in(settings: GraphSettings) -> None:
+    """``fetch-config`` reads ``/me``: refuse (before any request) sign-in modes that are an application."""
+    mode = settings.resolved_auth()
+    if mode in _APPLICATION_MODES:
+        raise ConfigurationError(
+            f"fetch-config reads the signed-in user's own attributes, but --auth {mode.value} signs in as an "
+            "application (no /me): use --auth interactive, device-code or azure-cli, or export for an admin-side "
+            "roll-out"
+        )
+
+
+async def afetch_provisioning_config(
+    entra: AsyncEntraClient, attribute_set: str = DEFAULT_ATTRIBUTE_SET
+) -> ProvisioningConfig:
+    """The signed-in user's enrollment URL and token from ``attribute_set`` (delegated sign-in only).
+
+    Raises :class:`ClientConfigError` (``"missing"`` or ``"incomplete"``) with a message that names both causes of
+    an empty answer, and :class:`EntraError` when Graph fails.
+    """
+    values = await entra.read_my_attributes(attribute_set)
+    try:
+        return config_from_attributes(values, attribute_set)
+    except ClientConfigError as exc:
+        who = await _who(entra)
+        if exc.reason == "missing":
+            message = (
+                f"Entra returned no enrollment attributes for {who} in attribute set {attribute_set!r}: either none "
+                "are assigned yet (ask your administrator to run provision for your group), or this account may not "
+                "read them (it needs the Attribute Assignment Reader role and the "
+                "CustomSecAttributeAssignment.Read.All scope; Graph answers both cases the same way), or the "
+                "attributes are in another set (--attribute-set-name); no file was written"
+            )
+        else:
+            message = f"{exc} for {who}: ask your administrator to run provision again; no file was written"
+        raise ClientConfigError(message, exc.reason) from None
+
+
+async def _who(entra: AsyncEntraClient) -> str:
+    try:
+        me = await entra.me()
+    except EntraError:
+        return "the signed-in user"
+    upn = me.get("userPrincipalName")
+    return f"the signed-in user {upn}" if upn else "the signed-in user"
+
+
+def fetch_provisioning_config(
+    settings: Settings,
+    *,
+    credential: Any = None,
+    prompt: Any = None,
+) -> ProvisioningConfig:
+    """Sign in as the current user (``settings.graph``) and read their pair from ``settings.attribute_set``.
+
+    Blocking; runs the async client on a private event loop, so it also works from a notebook. ``credential``
+    overrides sign-in (anything with ``get_token``); ``prompt`` receives device-code instructions. Asks only for
+    :data:`FETCH_CONFIG_SCOPES`. Raises :class:`ConfigurationError`, :class:`ClientConfigError` or
+    :class:`EntraError`.
+
+    .. versionadded:: 0.1.0
+    """
+    from ._credentials import build_credential  # noqa: PLC0415 - azure.identity: only when used
+
+    settings.validate()
+    require_user_sign_in(settings.graph)
+    owned = credential is None
+    cred = build_credential(settings.graph, prompt=prompt) if owned else credential
+    runner = LoopThread(name="defguard-entra-fetch-config")
+    try:
+        return runner.run(_fetch(settings, cred))
+    finally:
+        with contextlib.suppress(TimeoutError):  # an abandoned sign-in must not hide the real error
+            runner.close()
+        close = getattr(cred, "close", None)
+        if owned and callable(close):
+            close()
+
+
+async def _fetch(settings: Settings, credential: Any) -> ProvisioningConfig:
+    from ._credentials import graph_scopes  # noqa: PLC0415
+    from ._entra import AsyncEntraClient  # noqa: PLC0415 - msgraph: only when used
+
+    async with AsyncEntraClient(
+        settings.graph,
+        credential,
+        scopes=graph_scopes(settings.graph, FETCH_CONFIG_SCOPES),
+        retry=settings.retry,
+        timeout=max(settings.timeout, 30.0),
+    ) as entra:
+        await entra.sign_in()
+        return await afetch_provisioning_config(entra, settings.attribute_set)
+
+
+# -- export: one file per member, for device management -----------------------------------------------------
+
+#: Manifest statuses that need no admin action (every other one makes ``export`` exit 1).
+_EXPORT_FINE = frozenset({"exported", Status.DISABLED.value, Status.ALREADY_ENROLLED.value})
+_NAME_LIMIT = 255
+
+
+def member_directory_name(user_principal_name: str) -> str:
+    """A userPrincipalName as one safe directory name on Windows, macOS and Linux.
+
+    Letters, digits, ``. _ - ~ @ +`` are kept; anything else is percent-encoded (a guest's
+    ``jane_contoso.com#EXT#@tenant.onmicrosoft.com`` becomes ``…%23EXT%23@…``), which is reversible, so two UPNs
+    never share a directory. Refuses (:class:`ValueError`) names with ``/`` or ``\\``, control characters, a
+    leading or trailing dot, ``.``/``..``, and names longer than 255 bytes.
+    """
+    upn = user_principal_name.strip()
+    if not upn:
+        raise ValueError("the Entra user has no userPrincipalName")
+    if "/" in upn or "\\" in upn or any(ord(ch) < 32 or ord(ch) == 127 for ch in upn):
+        raise ValueError(f"userPrincipalName {upn!r} contains a path separator or control character")
+    if upn.startswith(".") or upn.endswith("."):
+        raise ValueError(f"userPrincipalName {upn!r} starts or ends with a dot")
+    name = quote(upn, safe="@+")
+    if len(name.encode("utf-8")) > _NAME_LIMIT:
+        raise ValueError(f"userPrincipalName {upn!r} is too long for a directory name")
+    return name
+
+
+@attrs.frozen
+class ExportEntry:
+    """One group member in the export manifest. ``path`` is relative to the output directory (POSIX form)."""
+
+    username: str | None
+    email: str | None
+    status: str  # "exported", or the member's status (not_set, failed, disabled, not_found, …)
+    user_principal_name: str | None = None
+    path: str | None = None
+    file: WriteOutcome | None = None
+    error: str | None = None
+    deep_link: Secret | None = attrs.field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in _EXPORT_FINE
+
+    def to_dict(self, *, deep_links: bool = False) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "username": self.username,
+            "email": self.email,
+            "status": self.status,
+            "user_principal_name": self.user_principal_name,
+            "path": self.path,
+            "file": self.file.value if self.file else None,
+            "error": self.error,
+        }
+        if deep_links:
+            row["deep_link"] = self.deep_link.value if self.deep_link else None
+        return row
+
+
+MANIFEST_FIELDS = ("username", "email", "status", "user_principal_name", "path", "file", "error")
+
+
+@attrs.frozen
+class ExportManifest:
+    """What ``export`` wrote: every member of the group once, and directories left from earlier runs."""
+
+    output_dir: Path
+    group_name: str
+    group_source: str
+    attribute_set: str
+    entries: tuple[ExportEntry, ...]
+    deep_links: bool = False
+    stale: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every member was exported or needs no file (disabled, already enrolled): exit code 0."""
+        return all(e.ok for e in self.entries)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.entries:
+            counts[entry.status] = counts.get(entry.status, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "exported", kv[0])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tool_version": __version__,
+            "group": {"name": self.group_name, "source": self.group_source},
+            "attribute_set": self.attribute_set,
+            "file_name": PROVISIONING_FILENAME,
+            "summary": self.summary,
+            "members": [e.to_dict(deep_links=self.deep_links) for e in self.entries],
+        }
+
+    def json_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def csv_bytes(self) -> bytes:
+        fields = [*MANIFEST_FIELDS, *(("deep_link",) if self.deep_links else ())]
+        return csv_bytes(fields, (entry.to_dict(deep_links=self.deep_links) for entry in self.entries))
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Validate ``--output-dir`` before any request: a directory, or a new one whose parent exists and is writable."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigurationError(f"--output-dir {str(path)!r} is a file: give a directory (it is created if missing)")
+    existing = target if target.is_dir() else target.parent
+    if not existing.is_dir():
+        raise ConfigurationError(f"--output-dir {str(path)!r}: directory {str(existing)!r} does not exist")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"--output-dir {str(path)!r}: directory {str(existing)!r} is not writable")
+    return target
+
+
+def write_export(report: Report, output_dir: str | os.PathLike[str], *, deep_links: bool = False) -> ExportManifest:
+    """Write ``DIR/<userPrincipalName>/provisioning.json`` for each member ``report`` holds a pair for, then
+    ``manifest.json`` and ``manifest.csv`` accounting for every member (all owner-only; directories 0700).
+
+    ``report`` is what :meth:`ProvisioningService.export` returns: members with status ``set`` carry their URL
+    and token. A file from an earlier export is replaced: Entra's pair is the current one (Defguard cancels a
+    member's older unused tokens when it issues a new one). Directories of members who are not in this export are
+    reported in :attr:`ExportManifest.stale`, not deleted.
+
+    .. versionadded:: 0.1.0
+    """
+    root = check_output_dir(output_dir)
+    try:
+        _private_dir(root)
+    except OSError as exc:
+        raise ClientConfigError(f"cannot create {root}: {exc.strerror or exc}", "unwritable") from None
+    entries: list[ExportEntry] = []
+    used: set[str] = set()
+    for outcome in report.outcomes:
+        base = ExportEntry(
+            username=outcome.username,
+            email=outcome.email,
+            status=outcome.status.value,
+            user_principal_name=outcome.user_principal_name,
+            error=outcome.error,
+        )
+        if outcome.status is not Status.SET or outcome.enrollment_url is None or outcome.enrollment_token is None:
+            entries.append(base)
+            continue
+        config = ProvisioningConfig(outcome.enrollment_url, outcome.enrollment_token)
+        try:
+            name = member_directory_name(outcome.user_principal_name or "")
+        except ValueError as exc:
+            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=f"{exc}: no file written"))
+            continue
+        if name.lower() in used:  # cannot happen with unique UPNs; never let two members share a file
+            error = f"directory {name!r} is already used by another member: no file written"
+            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=error))
+            continue
+        used.add(name.lower())
+        relative = f"{name}/{PROVISIONING_FILENAME}"
+        try:
+            written = write_provisioning_file(config, root / name / PROVISIONING_FILENAME, force=True)
+        except (ClientConfigError, ConfigurationError) as exc:
+            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=str(exc)))
+            continue
+        entries.append(
+            attrs.evolve(
+                base,
+                status="exported",
+                path=relative,
+                file=written,
+                error=None,
+                deep_link=Secret(deep_link(config)) if deep_links else None,
+            )
+        )
+    manifest = ExportManifest(
+        output_dir=root,
+        group_name=report.group_name,
+        group_source=report.group_source,
+        attribute_set=report.attribute_set,
+        entries=tuple(entries),
+        deep_links=deep_links,
+        stale=_stale(root, used),
+    )
+    try:
+        write_private_file(root / MANIFEST_JSON, manifest.json_bytes())
+        write_private_file(root / MANIFEST_CSV, manifest.csv_bytes())
+    except OSError as exc:
+        raise ClientConfigError(f"cannot write the manifest in {root}: {exc.strerror or exc}", "unwritable") from None
+    return manifest
+
+
+def _stale(root: Path, used: set[str]) -> tuple[str, ...]:
+    try:
+        children: Sequence[Path] = sorted(root.iterdir())
+    except OSError:
+        return ()
+    return tuple(
+        child.name for child in children if child.name.lower() not in used and (child / PROVISIONING_FILENAME).is_file()
+    )
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Validate ``fetch-config --output`` before any request: not a directory, in an existing directory."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigurationError(f"--output {str(path)!r} is a directory: give the file path, e.g. …/provisioning.json")
+    if not target.parent.is_dir():
+        raise ConfigurationError(f"--output {str(path)!r}: directory {str(target.parent)!r} does not exist")
+    return target

@@ -1,0 +1,76 @@
+"""The CLI's front door: help, version, the implied command, demo, and the README's two set-up commands."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from defguard_entra import __version__
+from helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_and_help() -> None:
+    result = run_cli(["--version"])
+    assert result.code == 0
+    assert __version__ in result.stdout
+    result = run_cli(["--help"])
+    assert result.code == 0
+    assert "provision" in result.stdout
+    assert "demo" in result.stdout
+
+
+def test_no_arguments_prints_help_and_exits_2() -> None:
+    result = run_cli([])
+    assert result.code == 2
+    assert "usage:" in result.stdout
+
+
+def test_provision_is_implied_for_the_powershell_form() -> None:
+    result = run_cli(["-GroupName", "G", "-Url", "notaurl"])
+    assert result.code == 2
+    assert "--url" in result.stderr
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0"])
+def test_demo_in_process(version: str, tmp_path) -> None:
+    result = run_cli(["demo", "--defguard-version", version, "--report", str(tmp_path / "d.json")])
+    assert result.code == 0, result.stdout + result.stderr
+    assert "Check: every provisioned member's Entra attributes hold exactly the token" in result.stdout
+    assert (tmp_path / "d.json").exists()
+
+
+def test_python_m_help_and_demo() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "defguard_entra", "--help"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "usage: defguard-entra" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "defguard_entra", "demo", "--no-progress"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "What happened" in proc.stdout
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Set-up: two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second() -> None:
+    demo, tests = _readme_commands()
+    assert demo.endswith("-m defguard_entra demo")
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert f"TEST_COMMAND='{tests}'" in ci
