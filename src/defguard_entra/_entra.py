@@ -31,8 +31,9 @@ from msgraph.graph_request_adapter import options as graph_default_options
 from msgraph_core import GraphClientFactory
 
 from . import _odata
+from ._plan import chunked
 from ._retry import Retryable, RetryPolicy, backoff_hook, parse_retry_after
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, GraphSettings
+from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, BATCH_LIMIT, GraphSettings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
 from .models import EntraUser, MatchedBy
 
@@ -40,7 +41,6 @@ __all__ = ["AsyncEntraClient", "AttributeSetCheck", "Match", "WriteResult"]
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMIT = 20
 WRITE_TYPE = "#Microsoft.DirectoryServices.CustomSecurityAttributeValue"
 USER_SELECT = "id,userPrincipalName,mail,otherMails,displayName,accountEnabled"
 _RETRYABLE = frozenset({429, 503, 504})
@@ -86,11 +86,6 @@ class AttributeSetCheck:
         return self.readable and self.set_exists and not self.problems
 
 
-def chunked(values: Sequence[T], size: int) -> list[Sequence[T]]:
-    """``values`` in slices of at most ``size``."""
-    return [values[i : i + size] for i in range(0, len(values), size)]
-
-
 class _RateLimiter:
     """Paces Graph writes: a token bucket at ``rate`` writes/s, at most one batch of burst.
 
@@ -125,14 +120,14 @@ class _RateLimiter:
                     return
                 await asyncio.sleep((n - self._allowance) / self.rate)
 
-    def throttled(self, wait: float | None) -> None:
-        """Writes were refused with 429: pause for what the server asked and slow down."""
+    def throttled(self, wait: float | None, *, cut: bool = True) -> None:
+        """Writes were refused with 429: pause for what the server asked and, with ``cut``, slow down."""
         if self.target <= 0:
             return
         now = time.monotonic()
         self._paused_until = max(self._paused_until, now + (wait if wait is not None else 1.0))
         self._allowance = 0.0
-        if now - self._last_cut >= 1.0:
+        if cut and now - self._last_cut >= 1.0:
             self._last_cut = now
             self.rate = max(self.target / 4, self.rate * 0.75)
             log.info("Graph throttled writes: pacing down to %.1f writes/s", self.rate)
@@ -362,7 +357,7 @@ class AsyncEntraClient:
             answered = {str(r.get("id")): r for r in payload.get("responses") or []}
             waits: list[float] = []
             retry_ids = []
-            throttled_writes = False
+            throttled_writes = 0
             for item_id, item in list(pending.items()):
                 answer = answered.get(item_id)
                 status = int(answer.get("status", 0)) if answer else 0
@@ -377,7 +372,7 @@ class AsyncEntraClient:
                     waits.append(wait)
                 if status == 429:
                     self.stats["throttled"] += 1
-                    throttled_writes |= item["method"] == "PATCH"
+                    throttled_writes += item["method"] == "PATCH"
                 retry_ids.append(item_id)
                 if attempts[item_id] >= policy.attempts or time.monotonic() >= deadline:
                     code, message = _odata_error(answer or {}, status)
@@ -396,7 +391,9 @@ class AsyncEntraClient:
                 break
             wait = max(waits) if waits else delay
             if throttled_writes:
-                self.limiter.throttled(wait)
+                # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
+                # that a pause (Retry-After) handles without slowing the whole run.
+                self.limiter.throttled(wait, cut=2 * throttled_writes >= writes)
             self.stats["retries"] += len(pending)
             log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)
             await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))

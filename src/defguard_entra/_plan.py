@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import attrs
 
@@ -12,6 +13,7 @@ from .models import DefguardUser, EntraUser, MatchedBy, Status, TokenKind
 __all__ = ["EnrolledPolicy", "Member", "classify", "detect_shared_entra_users", "map_entra_members"]
 
 EnrolledPolicy = str  # "skip" | "desktop"
+T = TypeVar("T")
 
 
 @attrs.define
@@ -37,6 +39,11 @@ class Member:
     def settle(self, status: Status, error: str | None = None) -> None:
         self.status = status
         self.error = error
+
+
+def chunked(values: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``values`` in slices of at most ``size``."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def classify(user: DefguardUser, enrolled: EnrolledPolicy) -> Status | TokenKind:

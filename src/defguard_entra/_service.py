@@ -36,14 +36,14 @@ from ._checks import (
     principal_from_claims,
     read_users_item,
 )
-from ._entra import BATCH_LIMIT, chunked
 from ._loop import LoopThread
-from ._plan import EnrolledPolicy, Member, classify, detect_shared_entra_users, map_entra_members
+from ._plan import EnrolledPolicy, Member, chunked, classify, detect_shared_entra_users, map_entra_members
 from ._version import __version__
 from .config import (
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
     ATTRIBUTE_VALUE_LIMIT,
+    BATCH_LIMIT,
     DEFAULT_ATTRIBUTE_SET,
     GRAPH_CLI_CLIENT_ID,
     AuthMode,

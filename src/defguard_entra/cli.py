@@ -123,14 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_defguard(prov)
     _add_graph(prov)
+    _add_group_options(prov, "provision")
     run = prov.add_argument_group("what to provision")
-    run.add_argument("--group-name", "-GroupName", metavar="NAME", help="the group to provision (required)")
-    run.add_argument(
-        "--group-source",
-        choices=["defguard", "entra"],
-        default="defguard",
-        help="where the group lives: a Defguard group (default) or an Entra group by displayName",
-    )
     run.add_argument(
         "--enrollment-token-expiration-time",
         "-EnrollmentTokenExpirationTime",
@@ -151,30 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip members whose attribute set already holds a token and URL (trusts what is stored: "
         "a token's validity cannot be checked from outside Defguard)",
     )
-    perf = prov.add_argument_group("pace")
-    perf.add_argument(
+    _add_retry_options(prov, writes=True).add_argument(
         "--concurrency", type=int, default=None, metavar="N", help="parallel Defguard token requests (default 16)"
-    )
-    perf.add_argument(
-        "--graph-write-rate",
-        type=float,
-        default=None,
-        metavar="W",
-        help="Graph attribute writes per second (default 20, Graph's 3,000 per 150 s; 0: no limit)",
-    )
-    perf.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        metavar="N",
-        help="retries per request on throttling, 5xx and dropped connections (default 7)",
-    )
-    perf.add_argument(
-        "--max-retry-time",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up on a request (and report its member failed) after this long (default 120)",
     )
     rep = prov.add_argument_group("report")
     rep.add_argument("--report", metavar="PATH", help="write a .json or .csv report (tokens masked)")
@@ -527,14 +499,8 @@ def _add_client_config_commands(sub: Any) -> None:
     )
     _add_defguard(export)
     _add_graph(export)
+    _add_group_options(export, "export")
     what = export.add_argument_group("what to export")
-    what.add_argument("--group-name", "-GroupName", metavar="NAME", help="the group to export (required)")
-    what.add_argument(
-        "--group-source",
-        choices=["defguard", "entra"],
-        default="defguard",
-        help="where the group lives: a Defguard group (default) or an Entra group by displayName",
-    )
     what.add_argument(
         "--output-dir", metavar="DIR", required=True, help="where to write the files (created owner-only if missing)"
     )
@@ -722,7 +688,7 @@ def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> Any:
     pace = p.add_argument_group("pace")
     if writes:
         pace.add_argument(
@@ -730,12 +696,23 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
             type=float,
             default=None,
             metavar="W",
-            help="Graph attribute writes per second (default 20; 0: no limit)",
+            help="Graph attribute writes per second (default 20, Graph's 3,000 per 150 s; 0: no limit)",
         )
-    pace.add_argument("--retries", type=int, default=None, metavar="N", help="retries per request (default 7)")
     pace.add_argument(
-        "--max-retry-time", type=float, default=None, metavar="SECONDS", help="give up on a request after this long"
+        "--retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="retries per request on throttling, 5xx and dropped connections (default 7)",
     )
+    pace.add_argument(
+        "--max-retry-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up on a request (and report its member failed) after this long (default 120)",
+    )
+    return pace
 
 
 def _add_operations_commands(sub: Any) -> None:

@@ -1,0 +1,167 @@
+"""The public API as users write it, type-checked by mypy --strict and never executed.
+
+mypy checks this file through ``[tool.mypy] files`` in pyproject.toml, so the plain ``mypy`` run in CI covers it.
+Its name does not match pytest's ``test_*.py``, so pytest never collects it. Lines that must *not* type-check carry
+``# type: ignore[code]``: strict mode warns about unused ignores, so such a line that starts passing fails the check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any, assert_type
+
+import attrs
+import requests
+
+import defguard_entra
+from defguard_entra import (
+    AsyncEntraClient,
+    AuthMode,
+    Checklist,
+    CheckState,
+    Cloud,
+    DefguardAPIError,
+    DefguardClient,
+    DefguardEntraError,
+    DefguardGroup,
+    DefguardUser,
+    EntraAPIError,
+    EntraClient,
+    EntraUser,
+    GraphSettings,
+    IssuedToken,
+    Outcome,
+    PreflightError,
+    ProvisioningService,
+    RedactingFilter,
+    Report,
+    RetryPolicy,
+    Secret,
+    Settings,
+    Status,
+)
+from defguard_entra.testing import DROP, Faults, WriteQuota, environment, running_emulators
+
+
+def settings() -> Settings:
+    from_env = Settings.from_env({"DEFGUARD_URL": "https://defguard.example.com"})
+    graph = GraphSettings(auth=AuthMode.DEVICE_CODE, cloud=Cloud.USGOV, tenant_id="t")
+    Settings(defguard_token="dg-plain-text")  # type: ignore[arg-type]
+    from_env.concurrency = 4  # type: ignore[misc]
+    return attrs.evolve(from_env, graph=graph, retry=RetryPolicy(attempts=3), timeout=10.0)
+
+
+def sync_service(settings: Settings) -> Report:
+    with ProvisioningService.from_settings(settings, prompt=print) as service:
+        report = service.provision(
+            "VPN Users",
+            lifetime=dt.timedelta(days=2),
+            enrolled="desktop",
+            dry_run=True,
+            progress=lambda done, total: None,
+            stop=threading.Event(),
+        )
+        assert_type(report, Report)
+        assert_type(service.status("VPN Users"), Report)
+        assert_type(service.clear("VPN Users", all_members=True), Report)
+        assert_type(service.check("VPN Users"), Checklist)
+        assert_type(service.export("VPN Users", after=report), Report)
+        service.provision(group_name=42)  # type: ignore[arg-type]
+        service.provision("VPN Users", "entra")  # type: ignore[call-arg]
+    return report
+
+
+async def async_service(settings: Settings) -> None:
+    async with ProvisioningService.from_settings(settings, credential=object()) as service:
+        assert_type(await service.aprovision("VPN Users"), Report)
+        assert_type(await service.astatus("VPN Users"), Report)
+        assert_type(await service.aclear("VPN Users"), Report)
+        assert_type(await service.acheck("VPN Users"), Checklist)
+        assert_type(await service.aexport("VPN Users"), Report)
+
+
+def results(report: Report, checklist: Checklist) -> None:
+    outcome = report.outcome("alice")
+    assert_type(outcome, Outcome)
+    assert_type(outcome.status, Status)
+    assert_type(outcome.enrollment_token, Secret | None)
+    assert_type(outcome.to_dict(reveal_tokens=True), dict[str, Any])
+    assert_type(report.summary, dict[str, int])
+    assert_type(report.ok, bool)
+    assert_type(report.by_status(Status.NOT_FOUND), list[Outcome])
+    assert_type(report.to_dict(), dict[str, Any])
+    assert_type(report._repr_html_(), str)
+    assert_type(outcome._repr_html_(), str)
+    assert_type(attrs.evolve(outcome, error="x"), Outcome)
+    report.outcomes = ()  # type: ignore[misc]
+    assert_type(checklist.ready, bool)
+    assert_type(checklist.item("group").state, CheckState)
+    if outcome.enrollment_token is not None:
+        assert_type(outcome.enrollment_token.masked(), str)
+
+
+def entra_client(settings: Settings, credential: Any) -> None:
+    with EntraClient.from_settings(settings, credential=credential, scopes=["User.Read.All"]) as entra:
+        match = entra.find_users(["alice@example.com"])["alice@example.com"]
+        assert_type(match.unique, bool)
+        assert_type(match.user, EntraUser | None)
+        written = entra.write_attributes("Defguard", {"id": {"EnrollmentToken": None, "EnrollmentUrl": "u"}})
+        assert_type(written["id"].ok, bool)
+        assert_type(entra.read_attributes("Defguard", ["id"]), dict[str, dict[str, Any] | None])
+        assert_type(entra.group_members("group-id", transitive=False), list[EntraUser])
+        assert_type(entra.check_attribute_set("Defguard").ok, bool)
+        assert_type(entra.base_url, str)
+        entra.group_members("group-id", False)  # type: ignore[call-arg]  # noqa: FBT003 - the point: keyword-only
+        entra.write_attributes("Defguard", {"id": {"EnrollmentToken": 1}})  # type: ignore[dict-item]
+    direct = EntraClient(settings.graph, credential, retry=RetryPolicy.none(), write_rate=5.0)
+    direct.close()
+
+
+async def async_entra_client(settings: Settings, credential: Any) -> None:
+    async with AsyncEntraClient(settings.graph, credential, scopes=["https://graph.microsoft.com/.default"]) as entra:
+        found = await entra.find_users(["alice@example.com"])
+        assert_type(found["alice@example.com"].user, EntraUser | None)
+        assert_type(await entra.read_my_attributes("Defguard"), dict[str, Any] | None)
+
+
+def defguard_client() -> None:
+    session = requests.Session()
+    with DefguardClient("https://defguard.example.com", Secret("dg-token"), session=session, timeout=5.0) as client:
+        assert_type(client.users(), dict[str, DefguardUser])
+        assert_type(client.groups(), list[DefguardGroup])
+        assert_type(client.find_group("VPN Users"), DefguardGroup | None)
+        assert_type(client.start_enrollment("alice", dt.timedelta(hours=8)), IssuedToken)
+        assert_type(client.start_desktop("bob").token, Secret)
+    DefguardClient("https://defguard.example.com", 42)  # type: ignore[arg-type]
+
+
+def errors(settings: Settings) -> None:
+    try:
+        sync_service(settings)
+    except PreflightError as exc:
+        assert_type(str(exc), str)
+    except DefguardAPIError as exc:
+        assert_type(exc.status, int)
+        assert_type(exc.hint, str | None)
+    except EntraAPIError as exc:
+        assert_type(exc.code, str)
+    except DefguardEntraError:
+        pass
+
+
+def package() -> None:
+    names: list[str] = defguard_entra.__all__
+    filters = RedactingFilter(["a-secret-value"])
+    assert_type(filters.redact("text"), str)
+    assert_type(names, list[str])
+
+
+def emulators() -> None:
+    with running_emulators("1.6", write_quota=WriteQuota(writes=10, per_seconds=1.0)) as (defguard, graph, scenario):
+        assert_type(environment(defguard, graph), dict[str, str])
+        assert_type(defguard.current_token("alice"), str | None)
+        assert_type(graph.attributes("alice@example.com"), dict[str, dict[str, Any]])
+        if scenario is not None:
+            assert_type(scenario.group, str)
+    Faults(rates={503: 0.1, DROP: 0.05}, endpoints={"start_enrollment"}, seed=1)
