@@ -31,7 +31,7 @@ from defguard_entra.testing import environment, running_emulators, seed_sample_o
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = ("index.md", "quickstart.md", "library.md", "testing.md")
+PAGES = ("index.md", "quickstart.md", "library.md", "testing.md", "cli.md", "rollout.md", "entra-setup.md")
 NEEDS_TENANT = "<!-- needs-tenant -->"
 RUNNABLE = {"python", "sh", "console"}
 CONTENT = {"text", "json", "csv"}

@@ -352,3 +352,14 @@ def test_web_ui_answer_is_refused_with_a_hint(org: Org) -> None:
     assert result.code == 3
     assert "web UI" in result.stderr or "Defguard" in result.stderr
     assert org.defguard.issued_count == 0
+
+
+def test_a_run_that_cannot_start_replaces_the_report(org: Org, tmp_path) -> None:
+    """Automation must never read an earlier run's report as this run's."""
+    path = tmp_path / "r.json"
+    path.write_text('{"summary": {"provisioned": 9}}')
+    result = run_cli(["--group-name", "No such group", "--report", str(path)], org.env)
+    assert result.code == 3
+    report = json.loads(path.read_text())
+    assert report["users"] == []
+    assert "no group named" in report["fatal_error"]

@@ -473,3 +473,12 @@ def test_audit_of_clear_records_its_options(org: Org, tmp_path: Path) -> None:
     assert options["all_members"] is True
     assert options["dry_run"] is True
     assert options["command"] == "clear"
+
+
+def test_auto_auth_uses_flags_with_a_secret_from_the_environment() -> None:
+    """--tenant-id/--client-id plus AZURE_CLIENT_SECRET is a service principal, not an interactive sign-in."""
+    from defguard_entra.config import AuthMode, GraphSettings
+
+    settings = GraphSettings(tenant_id="t", client_id="c", environment={"AZURE_CLIENT_SECRET": "s"})
+    assert settings.resolved_auth() is AuthMode.ENVIRONMENT
+    assert GraphSettings(environment={"AZURE_CLIENT_SECRET": "s"}).resolved_auth() is AuthMode.INTERACTIVE

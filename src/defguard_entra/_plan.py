@@ -77,6 +77,7 @@ def map_entra_members(
         if entra.user_principal_name:
             candidates.append((MatchedBy.USER_PRINCIPAL_NAME, entra.user_principal_name))
         candidates.extend((MatchedBy.OTHER_MAILS, m) for m in entra.other_mails)
+        users: list[DefguardUser] = []
         for matched_by, address in candidates:
             users = by_email.get(address.strip().lower(), [])
             if users:
@@ -85,8 +86,26 @@ def map_entra_members(
         member = Member(found.username if found else None, found, entra, how)
         if found is None:
             member.settle(Status.NOT_IN_DEFGUARD, "no Defguard user has this member's mail, UPN or other mails")
+        elif len(users) > 1:
+            names = ", ".join(sorted(u.username for u in users))
+            member.settle(Status.AMBIGUOUS, f"several Defguard users match by {how}: {names}")
         members.append(member)
+    _detect_shared_defguard_users(members)
     return members
+
+
+def _detect_shared_defguard_users(members: Sequence[Member]) -> None:
+    """Two Entra members mapped to one Defguard user would each get a token, the second cancelling the first:
+    make both ambiguous rather than leave one Entra user holding a dead token."""
+    by_username: dict[str, list[Member]] = defaultdict(list)
+    for member in members:
+        if member.status is None and member.username is not None:
+            by_username[member.username].append(member)
+    for username, sharing in by_username.items():
+        if len(sharing) > 1:
+            upns = ", ".join(sorted(m.entra.user_principal_name if m.entra else "?" for m in sharing))
+            for member in sharing:
+                member.settle(Status.AMBIGUOUS, f"Defguard user {username} matches several Entra members: {upns}")
 
 
 def detect_shared_entra_users(members: Sequence[Member]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -145,14 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip members whose attribute set already holds a token and URL (trusts what is stored: "
         "a token's validity cannot be checked from outside Defguard)",
     )
-    _add_retry_options(prov, writes=True).add_argument(
-        "--concurrency", type=int, default=None, metavar="N", help="parallel Defguard token requests (default 16)"
-    )
+    _add_retry_options(prov, writes=True, mints=True)
     rep = prov.add_argument_group("report")
     rep.add_argument("--report", metavar="PATH", help="write a .json or .csv report (tokens masked)")
     rep.add_argument("--reveal-tokens", action="store_true", help="put full tokens in the report (owner-only file)")
     _add_common(prov)
-    prov.set_defaults(handler=_cmd_provision)
+    prov.set_defaults(handler=_cmd_provision, graceful_stop=True)
 
     demo = sub.add_parser(
         "demo",
@@ -164,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--defguard-version", choices=["1.6", "2.0"], default="2.0", help="emulated Defguard line")
     demo.add_argument("--report", metavar="PATH", help="also write the report here (.json or .csv)")
     _add_common(demo)
-    demo.set_defaults(handler=_cmd_demo)
+    demo.set_defaults(handler=_cmd_demo, graceful_stop=True)
     _add_client_config_commands(sub)
     _add_operations_commands(sub)
     return parser
@@ -407,6 +406,27 @@ _DEMO_EXPLAIN = {
 }
 
 
+def _demo_end_user_step(ctx: _Context, defguard: Any, graph: Any, entra_id: str, *, quiet: bool) -> str | None:
+    """Step 5 of the documented flow: on alice's machine, read her attributes and write provisioning.json."""
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from .testing import environment  # noqa: PLC0415
+
+    token = graph.add_principal(
+        "alice-laptop", user=entra_id, read_users=False, write_attributes=False, read_definitions=False
+    )
+    with tempfile.TemporaryDirectory(prefix="defguard-entra-demo-") as tmp:
+        target = Path(tmp) / "provisioning.json"
+        ctx.console.info(f"demo: on alice's machine:  python -m defguard_entra fetch-config --output {target}")
+        fetch_args = build_parser().parse_args(["fetch-config", "--output", str(target), *(["-q"] if quiet else [])])
+        env = {**environment(defguard, graph), "DEFGUARD_ENTRA_GRAPH_TOKEN": token}
+        if _cmd_fetch_config(fetch_args, attrs.evolve(ctx, environ=env)) != EXIT_OK or not target.exists():
+            return None
+        written: dict[str, str] = json.loads(target.read_text(encoding="utf-8"))
+        return written.get("enrollment_token")
+
+
 def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
     from .testing import environment, running_emulators  # noqa: PLC0415
 
@@ -441,11 +461,19 @@ def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
             for name, entra_id in scenario.entra_ids.items()
             if scenario.expected[name] != "provisioned"
         )
+        if code == EXIT_INTERRUPTED:
+            return code
+        end_user = _demo_end_user_step(ctx, defguard, graph, scenario.entra_ids["alice"], quiet=args.quiet)
+        end_user_ok = end_user == defguard.current_token("alice")
     console.out("\nWhat happened:")
     for status, meaning in _DEMO_EXPLAIN.items():
         names = sorted(n for n, s in scenario.expected.items() if s == status)
         console.out(f"  {status:<17} {', '.join(names)}: {meaning}")
-    ok = code == EXIT_FAILED and consistent and untouched  # the sample org has members that need attention
+    console.out(
+        "  end user          alice: fetch-config, signed in as alice, wrote the desktop client's provisioning.json "
+        f"(owner-only) with her URL and token{'' if end_user_ok else ' - FAILED'}"
+    )
+    ok = code == EXIT_FAILED and consistent and untouched and end_user_ok  # the org has members needing attention
     verdict = (
         "every provisioned member's Entra attributes hold exactly the token Defguard considers valid; no other "
         "member was touched"
@@ -530,6 +558,7 @@ def _add_client_config_commands(sub: Any) -> None:
         action="store_true",
         help="with --provision: mint only for members whose attributes hold no token yet",
     )
+    _add_retry_options(export, writes=True, mints=True)
     _add_common(export)
     export.set_defaults(handler=_cmd_export)
 
@@ -688,8 +717,12 @@ def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> Any:
+def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool = False) -> None:
     pace = p.add_argument_group("pace")
+    if mints:
+        pace.add_argument(
+            "--concurrency", type=int, default=None, metavar="N", help="parallel Defguard token requests (default 16)"
+        )
     if writes:
         pace.add_argument(
             "--graph-write-rate",
@@ -712,7 +745,6 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool) -> Any:
         metavar="SECONDS",
         help="give up on a request (and report its member failed) after this long (default 120)",
     )
-    return pace
 
 
 def _add_operations_commands(sub: Any) -> None:
@@ -733,7 +765,7 @@ def _add_operations_commands(sub: Any) -> None:
         "--report", metavar="PATH", help="write a .json or .csv report (tokens masked)"
     )
     _add_common(status)
-    status.set_defaults(handler=_cmd_status)
+    status.set_defaults(handler=_cmd_status, graceful_stop=True)
 
     clear = sub.add_parser(
         "clear",
@@ -760,7 +792,7 @@ def _add_operations_commands(sub: Any) -> None:
         "--report", metavar="PATH", help="write a .json or .csv report (tokens masked)"
     )
     _add_common(clear)
-    clear.set_defaults(handler=_cmd_clear)
+    clear.set_defaults(handler=_cmd_clear, graceful_stop=True)
 
     check = sub.add_parser(
         "check",
@@ -924,7 +956,10 @@ def main(
     console = _Console(stdout, stderr, redactor, quiet=getattr(args, "quiet", False))
     ctx = _Context(environ, stdin or sys.stdin, console, redactor, threading.Event())
     handler = _setup_logging(args, stderr, redactor)
-    restore = _install_signal_handlers(ctx.stop, console)
+    started = _now()
+    # Commands that check the stop event get a graceful first Ctrl-C; the others stop at once (exit 130).
+    graceful = getattr(args, "graceful_stop", False) or getattr(args, "provision", False) is True
+    restore = _install_signal_handlers(ctx.stop, console) if graceful else _interrupt_on_sigterm()
     try:
         code: int = args.handler(args, ctx)
     except ConfigurationError as exc:
@@ -934,6 +969,7 @@ def main(
         console.error(str(exc))
         if getattr(args, "debug", False):
             log.exception("details")
+        _write_fatal_report(args, exc, started, console)
         return EXIT_FATAL
     except DefguardEntraError as exc:
         console.error(str(exc))
@@ -945,6 +981,50 @@ def main(
         restore()
         logging.getLogger().removeHandler(handler)
     return code
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _write_fatal_report(args: argparse.Namespace, exc: Exception, started: dt.datetime, console: _Console) -> None:
+    """A run that could not start still replaces ``--report`` (no members, ``fatal_error`` set), so automation
+    never reads an earlier run's results as this one's."""
+    path = getattr(args, "report", None)
+    if not path:
+        return
+    from ._render import write_report  # noqa: PLC0415
+
+    report = Report(
+        command=str(args.command),
+        started_at=started,
+        finished_at=_now(),
+        group_name=getattr(args, "group_name", None) or "",
+        group_source=getattr(args, "group_source", "defguard"),
+        attribute_set=getattr(args, "attribute_set_name", None) or DEFAULT_ATTRIBUTE_SET,
+        outcomes=(),
+        fatal_error=str(exc),
+    )
+    try:
+        write_report(report, path)
+    except (OSError, ConfigurationError) as error:
+        console.warn(f"could not write the report {path!r}: {error}")
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt → exit 130) for commands with nothing to finish."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _handle)
+
+    def _restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return _restore
 
 
 def _install_signal_handlers(stop: threading.Event, console: _Console) -> Callable[[], None]:

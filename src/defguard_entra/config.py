@@ -206,8 +206,8 @@ class GraphSettings:
             return AuthMode.TOKEN
         env = self.environment
         if (
-            env.get("AZURE_CLIENT_ID")
-            and env.get("AZURE_TENANT_ID")
+            (self.client_id or env.get("AZURE_CLIENT_ID"))
+            and (self.tenant_id or env.get("AZURE_TENANT_ID"))
             and (
                 env.get("AZURE_CLIENT_SECRET")
                 or env.get("AZURE_CLIENT_CERTIFICATE_PATH")
