@@ -153,14 +153,18 @@ def build_credential(
             "tenant_id": tenant or "organizations",
             "authority": authority,
         }
-        if settings.token_cache:
-            common["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
-        device = _device_code(ai, common, prompt)
-        if mode is AuthMode.DEVICE_CODE or _headless(env):
-            inner = device
-        else:
-            browser = _safely(lambda: ai.InteractiveBrowserCredential(**common), common, "browser")
-            inner = ai.ChainedTokenCredential(browser, device)
+        device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
+
+        def user_credential(persist: bool) -> Any:
+            options = dict(common)
+            if persist:
+                options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
+            device = _device_code(ai, options, prompt)
+            return (
+                device if device_only else ai.ChainedTokenCredential(ai.InteractiveBrowserCredential(**options), device)
+            )
+
+        inner = MemoryCacheFallback(user_credential) if settings.token_cache else user_credential(False)
     return CachingCredential(inner)
 
 
@@ -172,19 +176,45 @@ def _device_code(ai: Any, common: dict[str, Any], prompt: Callable[[str], None] 
         else:
             log.warning("%s", message)
 
-    return _safely(lambda: ai.DeviceCodeCredential(prompt_callback=_show, **common), common, "device code")
+    return ai.DeviceCodeCredential(prompt_callback=_show, **common)
 
 
-def _safely(make: Callable[[], Any], common: dict[str, Any], what: str) -> Any:
-    """Build a credential; if the encrypted token cache is unavailable here, build it without persistence."""
-    try:
-        return make()
-    except ValueError as exc:
-        if "cache_persistence_options" not in common:
-            raise
-        log.info("no encrypted token cache on this system (%s): %s sign-in will not be remembered", exc, what)
-        common.pop("cache_persistence_options")
-        return make()
+_NO_ENCRYPTION = "Cache encryption is impossible"
+
+
+class MemoryCacheFallback:
+    """Remember sign-ins in the platform's encrypted store (DPAPI, Keychain, libsecret); where there is none, keep
+    tokens in memory only (never in plain text on disk).
+
+    azure-identity finds out only at the first ``get_token`` (``ValueError``, or a ``ClientAuthenticationError``
+    carrying it when chained), so the switch happens there, once.
+    """
+
+    def __init__(self, make: Callable[[bool], Any]) -> None:
+        self._make = make
+        self._inner = make(True)
+        self.persistent = True
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        try:
+            token: AccessToken = self._inner.get_token(*scopes, **kwargs)
+        except (ValueError, ClientAuthenticationError) as exc:
+            if not self.persistent or _NO_ENCRYPTION not in str(exc):
+                raise
+            log.info("no encrypted token cache on this system: sign-in will not be remembered between runs")
+            self._close_inner()
+            self._inner = self._make(False)
+            self.persistent = False
+            token = self._inner.get_token(*scopes, **kwargs)
+        return token
+
+    def _close_inner(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if callable(close):
+            close()
+
+    def close(self) -> None:
+        self._close_inner()
 
 
 def _headless(env: Any) -> bool:

@@ -393,7 +393,9 @@ class AsyncEntraClient:
             if throttled_writes:
                 # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
                 # that a pause (Retry-After) handles without slowing the whole run.
-                self.limiter.throttled(wait, cut=2 * throttled_writes >= writes)
+                # (Retries of a few leftover items say little either way: they need at least 3 refusals.)
+                enough = min(3, max(1, int(self.limiter.target)))
+                self.limiter.throttled(wait, cut=throttled_writes >= enough and 2 * throttled_writes >= writes)
             self.stats["retries"] += len(pending)
             log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)
             await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._files import csv_bytes, write_private_file
+from ._files import csv_chunks, write_private_file
 from .exceptions import ConfigurationError
 from .models import OUTCOME_FIELDS, Checklist, CheckState, Report
 
@@ -17,6 +18,7 @@ __all__ = [
     "format_status_table",
     "format_summary",
     "report_bytes",
+    "report_chunks",
     "write_report",
 ]
 
@@ -38,11 +40,23 @@ def check_report_path(path: str) -> Path:
     return target
 
 
+def report_chunks(report: Report, fmt: str, *, reveal_tokens: bool = False) -> Iterator[bytes]:
+    """The report as JSON or CSV, a member at a time (50,000 members never become one string in memory)."""
+    users = (o.to_dict(reveal_tokens=reveal_tokens) for o in report.outcomes)
+    if fmt != "json":
+        yield from csv_chunks(OUTCOME_FIELDS, users)
+        return
+    head = json.dumps(report.to_dict(reveal_tokens=reveal_tokens, include_users=False), indent=2, ensure_ascii=False)
+    yield (head[: -len("\n}")] + ',\n  "users": [').encode("utf-8")
+    separator = "\n    "
+    for n, user in enumerate(users):
+        item = json.dumps(user, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        yield (("," if n else "") + separator + item).encode("utf-8")
+    yield ("\n  ]\n}\n" if report.outcomes else "]\n}\n").encode("utf-8")
+
+
 def report_bytes(report: Report, fmt: str, *, reveal_tokens: bool = False) -> bytes:
-    data = report.to_dict(reveal_tokens=reveal_tokens)
-    if fmt == "json":
-        return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return csv_bytes(OUTCOME_FIELDS, data["users"])
+    return b"".join(report_chunks(report, fmt, reveal_tokens=reveal_tokens))
 
 
 def write_report(report: Report, path: str | Path, *, reveal_tokens: bool = False) -> Path:
@@ -50,7 +64,7 @@ def write_report(report: Report, path: str | Path, *, reveal_tokens: bool = Fals
     ``reveal_tokens``, live tokens)."""
     target = check_report_path(str(path))
     fmt = target.suffix.lower().lstrip(".")
-    write_private_file(target, report_bytes(report, fmt, reveal_tokens=reveal_tokens))
+    write_private_file(target, report_chunks(report, fmt, reveal_tokens=reveal_tokens))
     return target
 
 

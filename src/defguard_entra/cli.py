@@ -380,9 +380,6 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
 def _finish(report: Report, ctx: _Context, report_path: Path | None, *, reveal: bool, quiet: bool) -> int:
     from ._render import format_summary, write_report  # noqa: PLC0415
 
-    for outcome in report.outcomes:
-        if outcome.enrollment_token is not None:
-            ctx.redactor.add(outcome.enrollment_token.value)
     if report_path is not None:
         write_report(report, report_path, reveal_tokens=reveal)
     if not report.outcomes:
@@ -634,9 +631,6 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
         report = service.export(
             args.group_name, group_source=args.group_source, enrolled=args.enrolled, after=provisioned
         )
-    for outcome in report.outcomes:
-        if outcome.enrollment_token is not None:
-            ctx.redactor.add(outcome.enrollment_token.value)
     manifest = write_export(report, output_dir, deep_links=args.deep_links)
     if not args.quiet:
         ctx.console.out(_export_summary(manifest, report.notes))

@@ -301,10 +301,11 @@ class Report:
     def by_status(self, status: Status | str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
 
-    def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, reveal_tokens: bool = False, include_users: bool = True) -> dict[str, Any]:
+        """The report as JSON-ready data (``users`` last; left out with ``include_users=False``)."""
         from ._version import __version__  # noqa: PLC0415
 
-        return {
+        data: dict[str, Any] = {
             "tool_version": self.tool_version or __version__,
             "command": self.command,
             "started_at": _iso(self.started_at),
@@ -319,8 +320,10 @@ class Report:
             "notes": list(self.notes),
             "fatal_error": self.fatal_error,
             "summary": self.summary,
-            "users": [o.to_dict(reveal_tokens=reveal_tokens) for o in self.outcomes],
         }
+        if include_users:
+            data["users"] = [o.to_dict(reveal_tokens=reveal_tokens) for o in self.outcomes]
+        return data
 
     def _repr_html_(self) -> str:
         head = "".join(

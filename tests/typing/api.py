@@ -112,7 +112,7 @@ def entra_client(settings: Settings, credential: Any) -> None:
         assert_type(entra.group_members("group-id", transitive=False), list[EntraUser])
         assert_type(entra.check_attribute_set("Defguard").ok, bool)
         assert_type(entra.base_url, str)
-        entra.group_members("group-id", False)  # type: ignore[call-arg]  # noqa: FBT003 - the point: keyword-only
+        entra.group_members("group-id", False)  # type: ignore[call-arg]
         entra.write_attributes("Defguard", {"id": {"EnrollmentToken": 1}})  # type: ignore[dict-item]
     direct = EntraClient(settings.graph, credential, retry=RetryPolicy.none(), write_rate=5.0)
     direct.close()

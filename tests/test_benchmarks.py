@@ -1,0 +1,47 @@
+"""The benchmark scripts still run (tiny sizes; their figures are not checked here: see docs/performance.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--members", "30", "--latency-ms", "0"],
+        ["--members", "30", "--latency-ms", "0", "--faults", "--skip-replay"],
+        ["--members", "30", "--latency-ms", "0", "--quota", "100/5", "--skip-replay", "--defguard-version", "1.6"],
+    ],
+)
+def test_provision_benchmark_smoke(args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "provision.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(b) provision:" in proc.stdout
+    assert "members not consistent with Defguard: 0" in proc.stdout
+    if "--skip-replay" not in args:
+        assert "ratio (a)/(b):" in proc.stdout
+
+
+def test_emulator_benchmark_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "emulators.py"), "--seconds", "0.5", "--clients", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kind in ("start_enrollment", "graph_filter", "graph_batch20"):
+        assert kind in proc.stdout
