@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -74,3 +75,52 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second() -> None:
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert f"TEST_COMMAND='{tests}'" in ci
+
+
+def test_serve_prints_working_credentials_for_admin_and_end_user(tmp_path) -> None:
+    """What `serve` prints is enough to run provision, then fetch-config as alice, by hand."""
+    import os
+    import shlex
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "defguard_entra.testing", "serve"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFGUARD_", "AZURE_"))}
+        alice_token = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip().startswith("export "):
+                key, _, value = line.strip()[len("export ") :].partition("=")
+                env[key] = shlex.split(value)[0]
+            elif "DEFGUARD_ENTRA_GRAPH_TOKEN=" in line and "fetch-config" in line:
+                alice_token = shlex.split(line.strip())[0].partition("=")[2]
+            elif line.startswith("Ctrl-C"):
+                break
+        assert alice_token
+        provision = subprocess.run(
+            [sys.executable, "-m", "defguard_entra", "provision", "--group-name", "VPN Users", "-q"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert provision.returncode == 1, provision.stderr  # the sample organisation has members needing attention
+        target = tmp_path / "provisioning.json"
+        fetch = subprocess.run(
+            [sys.executable, "-m", "defguard_entra", "fetch-config", "--output", str(target)],
+            env={**env, "DEFGUARD_ENTRA_GRAPH_TOKEN": alice_token},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert fetch.returncode == 0, fetch.stderr
+        assert set(json.loads(target.read_text())) == {"enrollment_url", "enrollment_token"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -342,7 +342,8 @@ class AsyncEntraClient:
             raise ValueError(msg)
         pending = {str(item["id"]): dict(item) for item in requests}
         done: dict[str, tuple[dict[str, Any], int]] = {}
-        attempts: dict[str, int] = dict.fromkeys(pending, 0)
+        attempts: dict[str, int] = dict.fromkeys(pending, 0)  # every retry, for the report
+        failures: dict[str, int] = dict.fromkeys(pending, 0)  # 503/504/no answer: capped by --retries
         policy = self.retry
         deadline = time.monotonic() + policy.timeout
         delay = policy.wait_initial
@@ -373,8 +374,12 @@ class AsyncEntraClient:
                 if status == 429:
                     self.stats["throttled"] += 1
                     throttled_writes += item["method"] == "PATCH"
+                else:
+                    failures[item_id] += 1
                 retry_ids.append(item_id)
-                if attempts[item_id] >= policy.attempts or time.monotonic() >= deadline:
+                # Throttling is waited out until the time budget (--max-retry-time) is spent; failures also end
+                # after --retries. A 429 says "not now", not "broken".
+                if failures[item_id] >= policy.attempts or time.monotonic() >= deadline:
                     code, message = _odata_error(answer or {}, status)
                     done[item_id] = (
                         {

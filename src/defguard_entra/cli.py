@@ -326,8 +326,11 @@ def _setup_logging(args: argparse.Namespace, stderr: TextIO, redactor: Redacting
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.WARNING, level))
     if level > logging.DEBUG:  # the SDKs are chatty at INFO: keep them to warnings unless -vv
-        for name in ("azure", "msal", "httpx", "urllib3", "kiota_http", "stamina"):
+        for name in ("azure", "msal", "httpx", "urllib3", "kiota_http"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        # stamina warns on every scheduled retry; retries are expected and counted in the report, so its lines
+        # only show at -vv (our own INFO lines at -v say what is being retried and why).
+        logging.getLogger("stamina").setLevel(logging.ERROR)
     return handler
 
 

@@ -28,6 +28,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  export {key}={shlex.quote(value)}")
         group = scenario.group if scenario else "VPN Users"
         print(f"Then: python -m defguard_entra provision --group-name {shlex.quote(group)}")
+        if scenario is not None:
+            alice = graph.add_principal(
+                "alice",
+                user=scenario.entra_ids["alice"],
+                read_users=False,
+                write_attributes=False,
+                read_definitions=False,
+            )
+            print("The end-user side, signed in as alice (after provision):")
+            print(
+                f"  DEFGUARD_ENTRA_GRAPH_TOKEN={shlex.quote(alice)} python -m defguard_entra fetch-config "
+                "--output ./provisioning.json"
+            )
         print("Ctrl-C to stop.", flush=True)
         try:
             threading.Event().wait()
