@@ -11,8 +11,7 @@ field or an environment variable fails this test until the page documents it:
   like, names ``Settings.from_env`` asks for, prefixes it filters on) is in the environment variables section;
 * the exit-code constants, the report's JSON fields and CSV columns, and the export manifest's columns are there, and
   the JSON and CSV examples have exactly the fields the code writes;
-* links resolve, and the ``sh``/``console`` examples run against the emulators (the rules of docs/index.md: a
-  trailing ``# exits N`` gives the expected exit code, ``<!-- needs-tenant -->`` before a block exempts it).
+* links resolve and code blocks use known languages (the examples themselves run in tests/test_docs.py).
 """
 
 from __future__ import annotations
@@ -23,12 +22,7 @@ import contextlib
 import datetime as dt
 import io
 import json
-import os
 import re
-import shlex
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +34,6 @@ from defguard_entra import cli, config
 from defguard_entra._client_config import MANIFEST_FIELDS
 from defguard_entra.cli import build_parser
 from defguard_entra.models import OUTCOME_FIELDS, Report, Status
-from defguard_entra.testing import environment, running_emulators
 from defguard_entra.testing.__main__ import main as emulators_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +44,6 @@ NEEDS_TENANT = "<!-- needs-tenant -->"
 SERVE = "python -m defguard_entra.testing serve"
 RUNNABLE = {"sh", "console"}
 CONTENT = {"text", "json", "csv"}
-TIMEOUT = 120
 
 
 # -- reading the page ------------------------------------------------------------------------------------------
@@ -366,106 +358,3 @@ def test_code_blocks_have_known_languages() -> None:
 
 
 # -- the examples run --------------------------------------------------------------------------------------------
-
-
-def _covered_by_test_docs() -> bool:
-    """tests/test_docs.py runs the blocks of the pages in its PAGES; if cli.md is one of them, do not run them twice."""
-    path = Path(__file__).with_name("test_docs.py")
-    if not path.exists():
-        return False
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PAGES" for t in node.targets):
-            with contextlib.suppress(ValueError):
-                return "cli.md" in ast.literal_eval(node.value)
-    return False
-
-
-def _commands(block: Block) -> Iterator[tuple[list[str], int]]:
-    text = block.code.replace("\\\n", " ")
-    for raw in text.splitlines():
-        line = raw.strip()
-        if block.lang == "console":
-            if not line.startswith("$ "):
-                continue
-            line = line[2:]
-        if not line or line.startswith("#"):
-            continue
-        expected = re.search(r"#\s*exits\s+(\d+)", line)
-        words = shlex.split(line, comments=True)
-        assert words[:3] in (["python", "-m", "defguard_entra"], ["python", "-m", "defguard_entra.testing"]), (
-            f"docs/cli.md:{block.line}: only `python -m defguard_entra …` runs here; mark the block {NEEDS_TENANT} "
-            f"if it needs a real tenant: {line!r}"
-        )
-        yield [sys.executable, *words[1:]], int(expected[1]) if expected else 0
-
-
-def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFGUARD_", "AZURE_", "IDENTITY_", "MSI_"))}
-    env.update(extra)
-    env["NO_COLOR"] = "1"
-    env["PYTHONWARNINGS"] = "error"
-    return env
-
-
-def _serve(argv: list[str], env: dict[str, str], cwd: Path) -> None:
-    """Start ``serve``, take the exports it prints, run ``check`` with them, then stop it with Ctrl-C."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        printed = []
-        for line in proc.stdout:
-            printed.append(line)
-            if "Ctrl-C to stop" in line:
-                break
-        exports = dict(shlex.split(p.strip())[1].split("=", 1) for p in printed if p.strip().startswith("export "))
-        assert set(exports) >= {"DEFGUARD_URL", "DEFGUARD_API_TOKEN", "DEFGUARD_ENTRA_GRAPH_URL"}, printed
-        check = subprocess.run(
-            [sys.executable, "-m", "defguard_entra", "check", "--group-name", "VPN Users"],
-            env={**env, **exports},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.mark.parametrize(
-    "block",
-    [b for b in BLOCKS if b.lang in RUNNABLE and not b.needs_tenant],
-    ids=lambda b: f"cli.md:{b.line}",
-)
-def test_shell_example_runs(block: Block, tmp_path: Path) -> None:
-    if _covered_by_test_docs():
-        pytest.skip("tests/test_docs.py runs the examples of docs/cli.md")
-    commands_ = list(_commands(block))
-    assert commands_, f"docs/cli.md:{block.line}: no command"
-    with running_emulators() as (defguard, graph, _):
-        env = _clean_env(environment(defguard, graph))
-        for argv, expected in commands_:
-            if argv[1:4] == ["-m", "defguard_entra.testing", "serve"]:
-                _serve(argv, env, tmp_path)
-                continue
-            proc = subprocess.run(
-                argv,
-                cwd=tmp_path,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-                check=False,
-            )
-            shown = shlex.join(["python", *argv[1:]])
-            assert proc.returncode == expected, f"`{shown}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            assert "Traceback" not in proc.stderr, f"`{shown}`:\n{proc.stderr}"
