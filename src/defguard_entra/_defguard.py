@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -93,6 +94,7 @@ class DefguardClient:
         self._verify: bool | str = ca_bundle or True
         self.retry = retry if retry is not None else RetryPolicy()
         self._server: DefguardServer | None = None
+        self._page_workers = max(1, min(8, pool_size))
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -143,25 +145,39 @@ class DefguardClient:
         return None
 
     def iter_users(self) -> Iterator[DefguardUser]:
-        """Every user, disabled ones included: one request on 1.6.x, one per 100 users on 2.x."""
+        """Every user, disabled ones included: one request on 1.6.x, one per 100 users on 2.x.
+
+        On 2.x the first page says how many there are; the others are fetched a few at a time in parallel (a
+        5,000-user directory is 50 round trips), then ``next_page`` is followed in case the list grew meanwhile.
+        """
         seen: set[Any] = set()
-        page = 1
+        first = self._users_page(1)
+        if isinstance(first, list):  # 1.6.x: the whole list, no paging
+            pages: list[Any] = [first]
+        else:
+            total = (first.get("pagination") or {}).get("total_pages")
+            rest = range(2, total + 1) if isinstance(total, int) and total > 1 else range(0)
+            with ThreadPoolExecutor(max_workers=max(1, min(self._page_workers, len(rest)))) as pool:
+                pages = [first, *pool.map(self._users_page, rest)]
+        page = len(pages)
         while True:
-            payload = self._call("GET", "user", params={"page": str(page), "per_page": "100"})
-            if isinstance(payload, list):  # 1.6.x: the whole list, no paging
-                rows, next_page = payload, None
-            else:
-                rows = payload.get("data") or []
-                next_page = (payload.get("pagination") or {}).get("next_page")
-            for row in rows:
-                key = row.get("id", row.get("username"))
-                if key in seen:  # 2.x pages use LIMIT/OFFSET without ORDER BY
-                    continue
-                seen.add(key)
-                yield DefguardUser.from_api(row)
+            for payload in pages:
+                rows = payload if isinstance(payload, list) else payload.get("data") or []
+                for row in rows:
+                    key = row.get("id", row.get("username"))
+                    if key in seen:  # 2.x pages use LIMIT/OFFSET without ORDER BY
+                        continue
+                    seen.add(key)
+                    yield DefguardUser.from_api(row)
+            last = pages[-1]
+            next_page = None if isinstance(last, list) else (last.get("pagination") or {}).get("next_page")
             if not isinstance(next_page, int) or next_page <= page:
                 return
             page = next_page
+            pages = [self._users_page(page)]
+
+    def _users_page(self, page: int) -> Any:
+        return self._call("GET", "user", params={"page": str(page), "per_page": "100"})
 
     def users(self) -> dict[str, DefguardUser]:
         """Every user by username."""
