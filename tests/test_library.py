@@ -181,13 +181,6 @@ def test_entra_client_mirrors_every_async_method() -> None:
     assert callable(EntraClient.close)
 
 
-def test_entra_client_default_scopes_are_provisions() -> None:
-    from defguard_entra._entra_sync import DEFAULT_SCOPES
-    from defguard_entra._service import PROVISION_SCOPES
-
-    assert DEFAULT_SCOPES == PROVISION_SCOPES
-
-
 def test_entra_client_with_your_own_credential(sample: Sample) -> None:
     """An injected credential is used for every request and is borrowed: the client does not close it."""
     reader = Credential(sample.graph.add_principal("reader", write_attributes=False))

@@ -75,9 +75,7 @@ class CachingCredential:
             return token
 
     def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
+        close_quietly(self.inner)
 
     def __repr__(self) -> str:
         return f"CachingCredential({type(self.inner).__name__})"
@@ -202,19 +200,21 @@ class MemoryCacheFallback:
             if not self.persistent or _NO_ENCRYPTION not in str(exc):
                 raise
             log.info("no encrypted token cache on this system: sign-in will not be remembered between runs")
-            self._close_inner()
+            close_quietly(self._inner)
             self._inner = self._make(False)
             self.persistent = False
             token = self._inner.get_token(*scopes, **kwargs)
         return token
 
-    def _close_inner(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if callable(close):
-            close()
-
     def close(self) -> None:
-        self._close_inner()
+        close_quietly(self._inner)
+
+
+def close_quietly(credential: Any) -> None:
+    """Close a credential that has a ``close()`` (azure-identity's hold an HTTP pipeline); others need nothing."""
+    close = getattr(credential, "close", None)
+    if callable(close):
+        close()
 
 
 def _headless(env: Any) -> bool:

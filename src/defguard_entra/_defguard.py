@@ -22,7 +22,7 @@ import stamina
 from requests.adapters import HTTPAdapter
 
 from ._durations import format_for_defguard
-from ._retry import Retryable, RetryPolicy, backoff_hook, parse_retry_after
+from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._version import __version__
 from .config import validate_defguard_url
 from .exceptions import (
@@ -214,16 +214,9 @@ class DefguardClient:
             ) from None
         return IssuedToken(Secret(token), url, kind, expires, retries)
 
-    def _call(
-        self,
-        method: str,
-        *segments: str,
-        auth: bool = True,
-        expect_json: bool = True,
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-    ) -> Any:
-        return self._call_counted(method, *segments, auth=auth, expect_json=expect_json, params=params, json=json)[0]
+    def _call(self, method: str, *segments: str, **options: Any) -> Any:
+        """:meth:`_call_counted` without the retry count."""
+        return self._call_counted(method, *segments, **options)[0]
 
     def _call_counted(
         self,
@@ -239,15 +232,8 @@ class DefguardClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token.value}"
-        policy = self.retry
         try:
-            for attempt in stamina.retry_context(
-                on=backoff_hook,
-                attempts=policy.attempts,
-                timeout=policy.timeout,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
-            ):
+            for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
                     return self._once(method, url, headers, params, json, expect_json=expect_json), attempt.num - 1
         except Retryable as exc:  # attempts or time ran out

@@ -31,8 +31,9 @@ from msgraph.graph_request_adapter import options as graph_default_options
 from msgraph_core import GraphClientFactory
 
 from . import _odata
+from ._credentials import close_quietly
 from ._plan import chunked
-from ._retry import Retryable, RetryPolicy, backoff_hook, parse_retry_after
+from ._retry import Retryable, RetryPolicy, parse_retry_after
 from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, BATCH_LIMIT, GraphSettings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
 from .models import EntraUser, MatchedBy
@@ -169,10 +170,12 @@ class AsyncEntraClient:
         write_rate: float = 20.0,
         parallel_batches: int = 4,
         timeout: float = 60.0,
+        owns_credential: bool = False,
     ) -> None:
         self.settings = settings
         self.base_url = settings.base_url
         self._credential = credential
+        self._owns_credential = owns_credential
         self._owns_http = http_client is None
         # msgraph-core's AsyncGraphTransport wraps the client's transport but has no aclose(), so closing the
         # client leaks its connections: keep our own transport and close it ourselves.
@@ -202,10 +205,14 @@ class AsyncEntraClient:
         self.stats: dict[str, int] = {"requests": 0, "throttled": 0, "retries": 0}
 
     async def aclose(self) -> None:
+        """Close the HTTP connections we opened, and the credential when it is ours (``owns_credential``)."""
         if self._owns_http:
             await self._http.aclose()
             if self._transport is not None:
                 await self._transport.aclose()
+        if self._owns_credential:
+            self._owns_credential = False
+            close_quietly(self._credential)
 
     async def __aenter__(self) -> Self:
         return self
@@ -271,15 +278,8 @@ class AsyncEntraClient:
     async def _send(
         self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
     ) -> tuple[httpx.Response, int]:
-        policy = self.retry
         try:
-            async for attempt in stamina.retry_context(
-                on=backoff_hook,
-                attempts=policy.attempts,
-                timeout=policy.timeout,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
-            ):
+            async for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
                     if attempt.num > 1:
                         self.stats["retries"] += 1

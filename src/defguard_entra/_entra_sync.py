@@ -19,7 +19,7 @@ from typing import Any, Self
 from ._entra import AsyncEntraClient, AttributeSetCheck, Match, WriteResult
 from ._loop import LoopThread
 from ._retry import RetryPolicy
-from .config import GraphSettings, Settings
+from .config import PROVISION_SCOPES, GraphSettings, Settings
 from .models import EntraUser
 
 __all__ = ["DEFAULT_SCOPES", "EntraClient"]
@@ -28,11 +28,7 @@ __all__ = ["DEFAULT_SCOPES", "EntraClient"]
 #: users, check the attribute set, write and read the attributes (the same as ``provision``; least privilege, see
 #: ``docs/entra-setup.md``). Add ``"GroupMember.Read.All"`` to use :meth:`EntraClient.find_groups` and
 #: :meth:`EntraClient.group_members`. App-only sign-in always asks for ``<Graph root>/.default``.
-DEFAULT_SCOPES = (
-    "User.Read.All",
-    "CustomSecAttributeAssignment.ReadWrite.All",
-    "CustomSecAttributeDefinition.Read.All",
-)
+DEFAULT_SCOPES = PROVISION_SCOPES
 
 
 class EntraClient:
@@ -57,9 +53,9 @@ class EntraClient:
         write_rate: float = 20.0,
         parallel_batches: int = 4,
         timeout: float = 60.0,
+        owns_credential: bool = False,
     ) -> None:
         self._closed = False
-        self._on_close: Callable[[], None] | None = None
         self._loop = LoopThread(name="defguard-entra-graph")
 
         async def build() -> AsyncEntraClient:  # runs on the private loop: the SDK's HTTP client is born there
@@ -71,6 +67,7 @@ class EntraClient:
                 write_rate=write_rate,
                 parallel_batches=parallel_batches,
                 timeout=timeout,
+                owns_credential=owns_credential,
             )
 
         try:
@@ -111,13 +108,12 @@ class EntraClient:
                 retry=settings.retry,
                 write_rate=settings.graph_write_rate,
                 timeout=max(settings.timeout, 30.0),
+                owns_credential=owned is not None,
             )
         except BaseException:
             if owned is not None:
                 owned.close()
             raise
-        if owned is not None:
-            client._on_close = owned.close
         return client
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -132,8 +128,6 @@ class EntraClient:
             self._loop.run(self._client.aclose())
         finally:
             self._loop.close()
-            if self._on_close is not None:
-                self._on_close()
 
     @property
     def closed(self) -> bool:

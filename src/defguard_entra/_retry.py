@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from email.utils import parsedate_to_datetime
-from typing import Self
+from typing import Any, Self
 
 import attrs
 
@@ -27,6 +27,16 @@ class RetryPolicy:
     timeout: float = 120.0
     wait_initial: float = 0.2
     wait_max: float = 10.0
+
+    def stamina_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``stamina.retry_context`` (both clients retry the same way)."""
+        return {
+            "on": backoff_hook,
+            "attempts": self.attempts,
+            "timeout": self.timeout,
+            "wait_initial": self.wait_initial,
+            "wait_max": self.wait_max,
+        }
 
     @classmethod
     def none(cls) -> Self:

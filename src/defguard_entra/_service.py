@@ -46,6 +46,7 @@ from .config import (
     BATCH_LIMIT,
     DEFAULT_ATTRIBUTE_SET,
     GRAPH_CLI_CLIENT_ID,
+    PROVISION_SCOPES,
     AuthMode,
     Settings,
     proxy_for,
@@ -85,12 +86,7 @@ T = TypeVar("T")
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while members are processed."""
 
-#: Delegated scopes ``provision`` asks for in interactive sign-in (least privilege; ``graph-api.md`` section 8).
-PROVISION_SCOPES = (
-    "User.Read.All",
-    "CustomSecAttributeAssignment.ReadWrite.All",
-    "CustomSecAttributeDefinition.Read.All",
-)
+#: Added to the provisioning scopes when the group is an Entra group.
 GROUP_SCOPES = ("GroupMember.Read.All",)
 #: ``status`` reads users and attributes; ``clear`` and ``check`` need what ``provision`` needs.
 STATUS_SCOPES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All", "CustomSecAttributeDefinition.Read.All")
@@ -172,6 +168,7 @@ class ProvisioningService:
             retry=settings.retry,
             write_rate=settings.graph_write_rate,
             timeout=max(settings.timeout, 30.0),
+            owns_credential=credential is None,
         )
         return cls(
             defguard, entra, attribute_set=settings.attribute_set, concurrency=settings.concurrency, owns_clients=True

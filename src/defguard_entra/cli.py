@@ -24,7 +24,7 @@ import attrs
 from ._durations import parse_lifetime
 from ._redact import RedactingFilter
 from ._version import __version__
-from .config import DEFAULT_ATTRIBUTE_SET, AuthMode, Cloud, Settings, validate_attribute_set_name
+from .config import DEFAULT_ATTRIBUTE_SET, PROVISION_SCOPES, AuthMode, Cloud, Settings, validate_attribute_set_name
 from .exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
 from .models import Report, Secret
 
@@ -361,7 +361,7 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import GROUP_SCOPES, PROVISION_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = PROVISION_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
     with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
@@ -609,7 +609,7 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import EXPORT_SCOPES, GROUP_SCOPES, PROVISION_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import EXPORT_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = (PROVISION_SCOPES if args.provision else EXPORT_SCOPES) + (
         GROUP_SCOPES if args.group_source == "entra" else ()

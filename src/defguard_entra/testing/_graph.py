@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit
 
-from ._server import DROP, EmulatorServer, Faults, Handler, RecordedRequest, Request, Response
+from ._server import DROP, EmulatorServer, Faults, Handler, Request, Response
 
 __all__ = [
     "FilterSyntaxError",
@@ -1973,7 +1973,7 @@ class GraphEmulator(EmulatorServer):
         if "body" in item and "content-type" not in headers:
             message = f"Write request id : {item['id']} does not contain Content-Type header or body."
             response = self._error(inner, _bad_request(message))
-            self._log_item(inner, f"batch-item:{endpoint}", response.status)
+            self.record(inner, f"batch-item:{endpoint}", response.status)
             return _item_response(item["id"], response)
         if endpoint == "batch":
             response = self._error(inner, _bad_request("Nested $batch requests are not supported."))
@@ -1990,23 +1990,8 @@ class GraphEmulator(EmulatorServer):
             else:
                 status = 504 if outcome is DROP else int(outcome)
                 response = self._fault(status, inner, self.item_faults, endpoint)
-        self._log_item(inner, f"batch-item:{endpoint}", response.status)
+        self.record(inner, f"batch-item:{endpoint}", response.status)
         return _item_response(item["id"], response)
-
-    def _log_item(self, request: Request, endpoint: str, status: int) -> None:
-        with self.lock:
-            self._counts[endpoint] += 1
-            self._log.append(
-                RecordedRequest(
-                    request.method,
-                    request.raw_path,
-                    request.query,
-                    request.headers,  # a fresh dict per item already
-                    request.body,
-                    endpoint,
-                    status,
-                )
-            )
 
 
 @dataclass(frozen=True)

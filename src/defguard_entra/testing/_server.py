@@ -257,21 +257,17 @@ class EmulatorServer:
 
                 traceback.print_exc()
                 response = Response.text(500, "emulator error")
-        status = None if response is DROP else response.status
+        self.record(request, endpoint, None if response is DROP else response.status)
+        return response
+
+    def record(self, request: Request, endpoint: str, status: int | None) -> None:
+        """Count and log one request (subclasses log what they dispatch internally, e.g. ``$batch`` items)."""
+        entry = RecordedRequest(
+            request.method, request.raw_path, request.query, dict(request.headers), request.body, endpoint, status
+        )
         with self.lock:
             self._counts[endpoint] += 1
-            self._log.append(
-                RecordedRequest(
-                    request.method,
-                    request.raw_path,
-                    request.query,
-                    dict(request.headers),
-                    request.body,
-                    endpoint,
-                    status,
-                )
-            )
-        return response
+            self._log.append(entry)
 
 
 class _Server(ThreadingHTTPServer):
