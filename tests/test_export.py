@@ -75,12 +75,12 @@ def test_export_after_provision(org: Org, tmp_path: Path) -> None:
     }
     assert list(rows[0]) == ["username", "email", "status", "user_principal_name", "path", "file", "error"]
     assert {r["file"] for r in rows if r["status"] == "exported"} == {"written"}
-    assert "4 of 9 members have a provisioning.json" in result.stdout
+    assert "5 of 10 members have a provisioning.json" in result.stdout
     for secret in _secrets(org):
         assert secret not in result.stdout + result.stderr
         assert secret not in (out / "manifest.json").read_text() + (out / "manifest.csv").read_text()
-    assert org.defguard.issued_count == 4  # export itself mints nothing
-    assert org.graph.write_count == 4
+    assert org.defguard.issued_count == len(org.scenario.provisioned)  # export itself mints nothing
+    assert org.graph.write_count == len(org.scenario.provisioned)
 
 
 def test_export_with_provision_and_deep_links_in_one_run(org: Org, tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_export_with_provision_and_deep_links_in_one_run(org: Org, tmp_path: Pat
     argv = ["export", "--group-name", org.scenario.group, "--output-dir", str(out), "--provision", "--deep-links"]
     result = run_cli([*argv, "--no-progress"], org.env)
     assert result.code == 1, result.stderr
-    assert org.defguard.issued_count == 4
+    assert org.defguard.issued_count == len(org.scenario.provisioned)
     _assert_files_match_defguard(org, out)
     members = {m["username"]: m for m in _manifest(out)["members"]}
     for name, expected in org.scenario.expected.items():
@@ -113,7 +113,7 @@ def test_second_export_is_byte_identical(org: Org, tmp_path: Path) -> None:
     first = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     again = run_cli(argv, org.env)
     assert again.code == 1
-    assert "0 written, 0 replaced, 4 unchanged" in again.stdout
+    assert "0 written, 0 replaced, 5 unchanged" in again.stdout
     assert {r["file"] for r in _rows(out) if r["status"] == "exported"} == {"unchanged"}
     second = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name == "provisioning.json"}
     assert second == {p: b for p, b in first.items() if p.name == "provisioning.json"}
@@ -167,7 +167,7 @@ def test_unreadable_attributes_write_no_file(org: Org, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(["export", "--group-name", org.scenario.group, "--output-dir", str(out)], env)
     assert result.code == 1
-    assert "none of the 4 resolved members has readable attributes" in result.stdout
+    assert "none of the 5 resolved members has readable attributes" in result.stdout
     assert "Attribute Assignment Reader" in result.stdout
     assert not list(out.glob("*/provisioning.json"))
     assert len(_manifest(out)["members"]) == len(org.scenario.expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def _assert_consistent(org: Org, report: dict) -> None:
             assert stored == {"EnrollmentToken": token, "EnrollmentUrl": "https://enroll.example.com/"}
             assert users[name]["enrollment_token"] == token[:4] + "…"
             assert users[name]["entra_id"] == entra_id
+            assert users[name]["token_kind"] == org.scenario.token_kinds[name] == org.defguard.token_kind(token)
         else:
             assert stored == {}, name
             assert users[name]["enrollment_token"] is None
@@ -48,7 +50,7 @@ def test_sample_organisation(org: Org, tmp_path) -> None:
     assert by_name["frank"]["status"] == "ambiguous"
     assert "frank.jones@example.com" in by_name["frank"]["error"]
     assert report["summary"] == {
-        "provisioned": 4,
+        "provisioned": 5,
         "already_enrolled": 1,
         "disabled": 1,
         "no_email": 1,
@@ -58,7 +60,7 @@ def test_sample_organisation(org: Org, tmp_path) -> None:
     assert report["defguard"]["version"].startswith(org.defguard.version)
     assert report["group"] == {"name": "VPN Users", "source": "defguard"}
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert org.defguard.issued_count == 4  # no token for anyone who was skipped or unresolved
+    assert org.defguard.issued_count == len(org.scenario.provisioned)  # none for the skipped or unresolved
     # Never one GET per member: the bulk list only
     assert org.defguard.request_counts["user"] == 0
     for name, status in org.scenario.expected.items():
@@ -71,8 +73,8 @@ def test_previous_token_survives_a_failed_lookup(org: Org) -> None:
     import requests
 
     for name in ("frank", "erin"):
-        response = requests.post(
-            f"{org.defguard.url}/api/v1/user/{name}/start_enrollment",
+        response = requests.post(  # start_desktop: frank is a directory-synced user, refused enrollment on 2.x
+            f"{org.defguard.url}/api/v1/user/{name}/start_desktop",
             json={},
             headers={"Authorization": f"Bearer {org.defguard.admin_token}"},
             timeout=5,
@@ -127,7 +129,11 @@ def test_enrolled_users_get_desktop_tokens_when_asked(org: Org, tmp_path) -> Non
     bob = next(u for u in json.loads(path.read_text())["users"] if u["username"] == "bob")
     assert bob["status"] == "provisioned"
     assert bob["token_kind"] == "desktop"
-    assert bob["token_expires_at"] is None
+    if org.defguard.version == "1.6":  # 1.6 does not expose DEFGUARD_ENROLLMENT_TOKEN_TIMEOUT
+        assert bob["token_expires_at"] is None
+    else:  # 2.x: enrollment_token_timeout_hours, read from GET /api/v1/settings
+        expires = dt.datetime.fromisoformat(bob["token_expires_at"])
+        assert abs(expires - dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)) < dt.timedelta(minutes=1)
     token = org.defguard.current_token("bob")
     assert org.defguard.token_kind(token) == "desktop"
     assert org.graph.attributes(org.scenario.entra_ids["bob"])["Defguard"]["EnrollmentToken"] == token
@@ -248,15 +254,18 @@ def test_unreachable_defguard(org: Org) -> None:
     assert "cannot reach Defguard" in result.stderr
 
 
-def test_enrollment_url_too_long_stops_after_the_first_token(org: Org, tmp_path) -> None:
+def test_enrollment_url_too_long_is_refused_before_any_token(org: Org, tmp_path) -> None:
     org.defguard.enrollment_url = "https://enrollment.vpn.department-of-examples.example.com/very/long/path"
     path = tmp_path / "r.json"
     result = run_cli(["--group-name", org.scenario.group, "--report", str(path)], org.env)
     assert result.code == 3
     assert "64-character limit" in result.stderr
-    assert org.defguard.issued_count == 1
+    setting = "DEFGUARD_ENROLLMENT_URL" if org.defguard.version == "1.6" else "public proxy URL"
+    assert setting in result.stderr
+    assert org.defguard.issued_count == 0
     report = json.loads(path.read_text())
-    assert report["summary"]["failed"] == 4  # the four who would have been provisioned
+    assert "64-character limit" in report["fatal_error"]
+    assert report["users"] == []
     assert all(not org.graph.attributes(i) for i in org.scenario.entra_ids.values())
 
 

@@ -19,7 +19,7 @@ from defguard_entra.models import CheckState
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, environment
 from helpers import Org, run_cli
 
-PROVISIONED = ("alice", "grace", "heidi", "oneil")
+PROVISIONED = ("alice", "grace", "heidi", "oneil", "peggy")
 
 
 def _provision(org: Org, *extra: str) -> None:
@@ -82,6 +82,7 @@ def test_status_shows_every_member_and_changes_nothing(org: Org, tmp_path) -> No
         "grace": "set",
         "heidi": "set",
         "oneil": "set",
+        "peggy": "set",
         "bob": "not_set",
         "carol": "partial",
         "dave": "no_email",
@@ -95,16 +96,20 @@ def test_status_shows_every_member_and_changes_nothing(org: Org, tmp_path) -> No
         assert users[name]["enrollment_url"] == "https://enroll.example.com/"
         assert token not in result.stdout + result.stderr
         assert token[:4] + "…" in result.stdout  # the per-member table shows the masked token
-    assert users["bob"]["defguard_enrolled"] is True
+    assert (users["bob"]["defguard_enrolled"], users["bob"]["devices"], users["bob"]["would_mint"]) == (True, 1, None)
+    assert "has a device" in users["bob"]["error"]
     assert users["carol"]["defguard_active"] is False
-    assert users["alice"]["defguard_enrolled"] is False  # pending enrollment after provision
+    assert users["alice"]["devices"] == 0
+    assert users["alice"]["would_mint"] == org.scenario.token_kinds["alice"]
+    assert users["heidi"]["would_mint"] == "enrollment"
+    assert "would mint an enrollment token" in users["heidi"]["error"]
     assert users["heidi"]["matched_by"] == "otherMails"
     assert json.loads(path.read_text())["summary"] == {
         "no_email": 1,
         "not_found": 1,
         "ambiguous": 1,
         "not_set": 1,
-        "set": 4,
+        "set": 5,
         "partial": 1,
     }
     assert _patches(org.graph) == []
@@ -160,6 +165,7 @@ def test_clear_removes_exactly_the_enrolled_members_attributes(org: Org, tmp_pat
         "grace": "cleared",
         "heidi": "kept",
         "oneil": "kept",
+        "peggy": "kept",
         "bob": "not_set",
         "carol": "not_set",
         "dave": "not_found",
@@ -204,12 +210,12 @@ def test_clear_all_with_a_dry_run_first(org: Org, tmp_path) -> None:
     assert result.code == 1
     assert {n for n, u in _users(real).items() if u["status"] == "cleared"} == set(PROVISIONED)
     assert all(not org.graph.attributes(i) for i in org.scenario.entra_ids.values())
-    assert len(_patches(org.graph)) == 4
+    assert len(_patches(org.graph)) == len(PROVISIONED)
 
 
 def test_clear_exits_0_when_every_member_is_settled(defguard: DefguardEmulator, graph: GraphEmulator) -> None:
     graph.define_attribute_set("Defguard")
-    defguard.add_user("ann", email="ann@example.com", enrolled=True)
+    defguard.add_user("ann", email="ann@example.com", enrolled=True, devices=1)
     defguard.add_user("ben", email="ben@example.com")
     ann = graph.add_user("ann@example.com", mail="ann@example.com")
     graph.add_user("ben@example.com", mail="ben@example.com")
@@ -278,7 +284,7 @@ def test_check_a_ready_setup(org: Org) -> None:
     line, _ = _line(result.stdout, "Defguard reachable")
     assert line.startswith("  ok")
     assert org.defguard.component_version in line
-    assert "9 members" in _line(result.stdout, "group 'VPN Users'")[0]
+    assert "10 members" in _line(result.stdout, "group 'VPN Users'")[0]
     assert "application" in _line(result.stdout, "Microsoft Graph sign-in")[0]
     for title in ("permission to write the attributes", "permission to read the attributes"):
         line, hint = _line(result.stdout, title)

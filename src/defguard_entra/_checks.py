@@ -15,17 +15,19 @@ attribute set never shows in the token). When the token is opaque, write and rea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL
-from .models import CheckItem, CheckState
+from ._plan import enrollment_url_problem
+from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, DEFAULT_ATTRIBUTE_SET
+from .models import CheckItem, CheckState, DefguardDeployment
 
 if TYPE_CHECKING:
     from ._entra import AttributeSetCheck
 
 __all__ = [
+    "DEFGUARD_AUTH_HINTS",
     "READ_ATTRIBUTES",
     "ROLE_TEMPLATE_IDS",
     "WRITE_ATTRIBUTES",
@@ -33,6 +35,7 @@ __all__ = [
     "Permission",
     "attribute_items",
     "defguard_token_items",
+    "deployment_items",
     "permission_item",
     "principal_from_claims",
     "read_users_item",
@@ -290,6 +293,25 @@ def _attribute_hint(set_name: str, name: str, problems: list[str]) -> str:
 
 # -- Defguard ------------------------------------------------------------------------------------------------------
 
+#: What each of Defguard's refusals of an API token means (the server's exact ``msg``, v1.6.6 and v2.0.1
+#: ``crates/defguard_core/src/auth/mod.rs``), for the client's errors and for ``check``.
+DEFGUARD_AUTH_HINTS: Final[Mapping[str, str]] = {
+    "Session is required": (
+        "the API token was ignored: Defguard honours API tokens only with an active Business (or higher) license "
+        "that is within its user and location limits and, on 2.x, not more than 14 days past its end (1.6.x: or "
+        "under the free limits), so the server fell back to asking for a browser session"
+    ),
+    "Invalid API token": (
+        "the token is unknown, revoked, or its owner is disabled: create a new API token for an admin user in "
+        "Defguard (disabling the "
+        "owner in the UI or API deletes their API tokens for good: re-enabling the user does not bring them back)"
+    ),
+    "Invalid auth header": "the token is malformed: it should look like dg-<32 letters and digits>",
+    "Token authentication is not allowed for normal users": (
+        "the token's owner is no longer a Defguard admin: use a token of an admin user"
+    ),
+}
+
 
 def defguard_token_items(
     owner: str | None, is_admin: bool | None, error: tuple[int, str] | None, detail: str = ""
@@ -323,8 +345,7 @@ def defguard_token_items(
                 license_title,
                 FAIL,
                 "Defguard ignored the API token and asked for a browser session (401 Session is required)",
-                "Defguard honours API tokens only while a license is active (1.6.x: or within the free limits): "
-                "check the license in Defguard's settings",
+                DEFGUARD_AUTH_HINTS["Session is required"] + ": check the license in Defguard's settings",
             ),
             CheckItem("defguard_token", token_title, SKIP, "not evaluated: the server ignored it"),
             CheckItem("defguard_admin", admin_title, SKIP, "not evaluated: the server ignored the token"),
@@ -345,8 +366,7 @@ def defguard_token_items(
         hint = (
             "it should look like dg-<32 letters and digits>: copy it again"
             if message == "Invalid auth header"
-            else "the token is unknown, revoked, or its owner is disabled: create a new API token for an admin "
-            "user in Defguard and pass it with DEFGUARD_API_TOKEN or --api-token-file"
+            else DEFGUARD_AUTH_HINTS["Invalid API token"] + "; pass it with DEFGUARD_API_TOKEN or --api-token-file"
         )
         return [
             gate_on,
@@ -364,3 +384,74 @@ def defguard_token_items(
         ),
         CheckItem("defguard_admin", admin_title, SKIP, "needs a valid API token"),
     ]
+
+
+def deployment_items(
+    deployment: DefguardDeployment | None, defguard_url: str, line: int, attribute_set: str
+) -> list[CheckItem]:
+    """What the deployment says about itself: the enrollment URL every token will carry, whether an OpenID provider
+    (and so directory sync or SSO) creates users who look enrolled, and which desktop-client reader will see the
+    attributes. ``deployment`` is ``None`` when it could not be read at all."""
+    items: list[CheckItem] = []
+    url = deployment.enrollment_url if deployment is not None else None
+    problems = "; ".join(deployment.problems) if deployment is not None else "not read"
+    if url is None:
+        items.append(
+            CheckItem(
+                "enrollment_url",
+                "Defguard's enrollment URL",
+                WARN,
+                f"not readable ({problems}): provision will check the first token it mints instead",
+                "use an admin's API token; 1.6 reads it from GET /api/v1/support/configuration, 2.x from "
+                "GET /api/v1/settings",
+            )
+        )
+    else:
+        problem = enrollment_url_problem(url, defguard_url, line)
+        items.append(
+            CheckItem("enrollment_url", "Defguard's enrollment URL", FAIL, problem.split(": set ")[0], problem)
+            if problem is not None
+            else CheckItem("enrollment_url", "Defguard's enrollment URL", OK, url)
+        )
+    openid = deployment.external_openid if deployment is not None else None
+    title = "users created by OpenID (directory sync, SSO)"
+    if openid is None:
+        items.append(CheckItem("defguard_openid", title, SKIP, "GET /api/v1/info could not be read"))
+    elif openid:
+        kind = "an enrollment token (1.6)" if line < 2 else "a desktop-activation token (2.x)"
+        items.append(
+            CheckItem(
+                "defguard_openid",
+                title,
+                OK,
+                "an external OpenID provider is configured: users it creates (directory sync with Prefetch users, "
+                "SSO sign-in) have no password and Defguard lists them as enrolled before they have a device; "
+                f"--enrolled auto (the default) gives those without a device {kind}",
+            )
+        )
+    else:
+        items.append(CheckItem("defguard_openid", title, OK, "no external OpenID provider is configured"))
+    reader = "the desktop client's installer reader"
+    if attribute_set != DEFAULT_ATTRIBUTE_SET:
+        items.append(
+            CheckItem(
+                "client_reader",
+                reader,
+                WARN,
+                f"the reader bundled with the Windows client reads only the attribute set {DEFAULT_ATTRIBUTE_SET!r}, "
+                f"not {attribute_set!r}",
+                f"use the set {DEFAULT_ATTRIBUTE_SET!r}, or deliver the token with fetch-config or export "
+                "(docs/rollout.md)",
+            )
+        )
+    else:
+        items.append(
+            CheckItem(
+                "client_reader",
+                reader,
+                OK,
+                "the Windows installer reads these attributes only on Entra-joined machines; domain-joined ones "
+                "(hybrid too) read on-premises AD instead: use fetch-config or export there (docs/rollout.md)",
+            )
+        )
+    return items

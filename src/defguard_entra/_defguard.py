@@ -15,23 +15,27 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import attrs
 import requests
 import stamina
 from requests.adapters import HTTPAdapter
 
+from ._checks import DEFGUARD_AUTH_HINTS
 from ._durations import format_for_defguard
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._version import __version__
 from .config import validate_defguard_url
 from .exceptions import (
+    DefguardAlreadyActivatedError,
     DefguardAPIError,
     DefguardAuthError,
     DefguardUnreachableError,
+    DefguardUserDisabledError,
     UnexpectedResponseError,
 )
-from .models import DefguardGroup, DefguardServer, DefguardUser, IssuedToken, Secret, TokenKind
+from .models import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken, Secret, TokenKind
 
 __all__ = ["DefguardClient"]
 
@@ -41,18 +45,14 @@ USER_AGENT = f"defguard-entra/{__version__} (+python-requests/{requests.__versio
 VERSION_HEADER = "defguard-component-version"
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _WAIT_FOR = re.compile(r"Wait for (\d+(?:\.\d+)?)s")
-
-_AUTH_HINTS = {
-    "Session is required": (
-        "the API token was ignored: Defguard honours API tokens only with an active Business license "
-        "(1.6.x: or under the free limits), so the server fell back to asking for a browser session"
-    ),
-    "Invalid API token": "the token is unknown, revoked, or its owner is disabled: create a new one in Defguard",
-    "Invalid auth header": "the token is malformed: it should look like dg-<32 letters and digits>",
-    "Token authentication is not allowed for normal users": (
-        "the token's owner is no longer a Defguard admin: use a token of an admin user"
-    ),
-}
+#: A 500 is Defguard's answer to a database or model error, usually permanent (2.x answers it to every token request
+#: while its public proxy URL does not parse): one more try, not a whole back-off.
+_SERVER_ERROR_TRIES = 2
+#: Full re-reads of 2.x's unordered user pages when fewer distinct users came back than ``total_items``.
+_USER_LIST_PASSES = 3
+#: Answers that are about one user, not the token (the server's exact messages, v1.6.6 and v2.0.1).
+_USER_DISABLED = "Enrollment user is disabled"
+_ALREADY_ACTIVATED = "User account is already activated"
 
 
 class DefguardClient:
@@ -96,6 +96,7 @@ class DefguardClient:
         self._server: DefguardServer | None = None
         self._page_workers = max(1, min(8, pool_size))
         self._lock = threading.Lock()
+        self._server_lifetime: dt.timedelta | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -149,8 +150,21 @@ class DefguardClient:
 
         On 2.x the first page says how many there are; the others are fetched a few at a time in parallel (a
         5,000-user directory is 50 round trips), then ``next_page`` is followed in case the list grew meanwhile.
+        The pages are unordered (LIMIT/OFFSET without ORDER BY), so a user updated between two page reads can be
+        skipped: when fewer distinct users came back than ``total_items``, the pages are read again (at most
+        ``_USER_LIST_PASSES`` times in all). Users come without device counts on 1.6 (see :meth:`users`).
         """
         seen: set[Any] = set()
+        for _ in range(_USER_LIST_PASSES):
+            totals: list[Any] = []
+            yield from self._user_pass(seen, totals)
+            total = totals[-1] if totals else None
+            if not isinstance(total, int) or len(seen) >= total:
+                return
+            log.info("Defguard listed %d of %d users (unordered pages): reading the pages again", len(seen), total)
+
+    def _user_pass(self, seen: set[Any], totals: list[Any]) -> Iterator[DefguardUser]:
+        """One read of every page: the users not in ``seen`` yet; each page's ``total_items`` goes to ``totals``."""
         first = self._users_page(1)
         if isinstance(first, list):  # 1.6.x: the whole list, no paging
             pages: list[Any] = [first]
@@ -163,6 +177,8 @@ class DefguardClient:
         while True:
             for payload in pages:
                 rows = payload if isinstance(payload, list) else payload.get("data") or []
+                if not isinstance(payload, list):
+                    totals.append((payload.get("pagination") or {}).get("total_items"))
                 for row in rows:
                     key = row.get("id", row.get("username"))
                     if key in seen:  # 2.x pages use LIMIT/OFFSET without ORDER BY
@@ -180,8 +196,93 @@ class DefguardClient:
         return self._call("GET", "user", params={"page": str(page), "per_page": "100"})
 
     def users(self) -> dict[str, DefguardUser]:
-        """Every user by username."""
-        return {u.username: u for u in self.iter_users()}
+        """Every user by username, each with its device count (2.x: from the user list; 1.6: one more request,
+        ``GET /api/v1/device``, whose rows name their owner by ``user_id``)."""
+        users = {u.username: u for u in self.iter_users()}
+        if any(u.devices is None for u in users.values()):
+            counts = self.device_counts()
+            users = {
+                name: u if u.devices is not None else attrs.evolve(u, devices=counts.get(u.id, 0) if u.id else None)
+                for name, u in users.items()
+            }
+        return users
+
+    def device_counts(self) -> dict[int, int]:
+        """User devices per user id, from ``GET /api/v1/device`` (admin; network devices are not counted)."""
+        counts: dict[int, int] = {}
+        rows = self._call("GET", "device")
+        for row in rows if isinstance(rows, list) else []:
+            owner = row.get("user_id") if isinstance(row, Mapping) else None
+            if isinstance(owner, int) and row.get("device_type", "user") == "user":
+                counts[owner] = counts.get(owner, 0) + 1
+        return counts
+
+    def user(self, username: str) -> DefguardUser | None:
+        """One user with its device count (``GET /api/v1/user/{username}``), or ``None`` if there is none."""
+        try:
+            details = self._call("GET", "user", username)
+        except DefguardAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        row = details.get("user") if isinstance(details, Mapping) else None
+        if not isinstance(row, Mapping):
+            raise UnexpectedResponseError("GET", self._endpoint("user", username), 200, "no user in the answer")
+        user = DefguardUser.from_api(row)
+        if user.devices is None and isinstance(details.get("devices"), list):  # 1.6: devices beside the user
+            user = attrs.evolve(user, devices=len(details["devices"]))
+        return user
+
+    def deployment(self) -> DefguardDeployment:
+        """The enrollment URL and default token lifetime (1.6: ``GET /api/v1/support/configuration``; 2.x:
+        ``GET /api/v1/settings``), and whether an OpenID provider is configured (``GET /api/v1/info``).
+
+        An API token that is refused raises :class:`DefguardAuthError`; anything else that cannot be read is
+        left ``None`` and named in ``problems``. The lifetime read here is used for the expiry of tokens minted
+        without an explicit lifetime."""
+        problems: list[str] = []
+        url: str | None = None
+        lifetime: dt.timedelta | None = None
+        openid: bool | None = None
+        ldap: bool | None = None
+        try:
+            info = self._call("GET", "info")
+        except DefguardAuthError:
+            raise
+        except DefguardAPIError as exc:
+            problems.append(f"GET /api/v1/info: {exc.status} {exc.message}")
+        else:
+            if isinstance(info, Mapping):
+                value = info.get("external_openid_enabled")
+                openid = value if isinstance(value, bool) else None
+                ldap_info = info.get("ldap_info")
+                enabled = ldap_info.get("enabled") if isinstance(ldap_info, Mapping) else None
+                ldap = enabled if isinstance(enabled, bool) else None
+        try:
+            if self.server().major >= 2:
+                settings = self._call("GET", "settings")
+                raw = settings.get("public_proxy_url") if isinstance(settings, Mapping) else None
+                url = _normalised_url(raw) if isinstance(raw, str) else None
+                hours = settings.get("enrollment_token_timeout_hours") if isinstance(settings, Mapping) else None
+                if isinstance(hours, int) and not isinstance(hours, bool) and hours >= 0:
+                    lifetime = dt.timedelta(hours=hours)
+                if isinstance(raw, str) and url is None:
+                    problems.append(f"public proxy URL {raw!r} is not a URL")
+                    url = raw
+            else:
+                dump = self._call("GET", "support", "configuration")
+                config = dump.get("config") if isinstance(dump, Mapping) else None
+                raw = config.get("enrollment_url") if isinstance(config, Mapping) else None
+                url = raw if isinstance(raw, str) else None
+            if url is None and not problems:
+                problems.append("the enrollment URL is not in the server's answer")
+        except DefguardAuthError:
+            raise
+        except DefguardAPIError as exc:
+            problems.append(f"the enrollment settings: {exc.status} {exc.message}")
+        if lifetime is not None:
+            self._server_lifetime = lifetime
+        return DefguardDeployment(url, lifetime, openid, ldap, tuple(problems))
 
     def start_enrollment(self, username: str, lifetime: dt.timedelta | None = None) -> IssuedToken:
         """Mint an enrollment token (no e-mail is sent). Deletes the user's earlier unused tokens."""
@@ -190,15 +291,19 @@ class DefguardClient:
             body["token_expiration_time"] = format_for_defguard(lifetime)
         started = dt.datetime.now(dt.UTC)
         payload, retries = self._call_counted("POST", "user", username, "start_enrollment", json=body)
+        lifetime = lifetime if lifetime is not None else self._server_lifetime
         expires = started + lifetime if lifetime is not None else None
         return self._issued(payload, TokenKind.ENROLLMENT, expires, retries)
 
     def start_desktop(self, username: str) -> IssuedToken:
-        """Mint a desktop-configuration token for an enrolled user (the server's default lifetime applies)."""
+        """Mint a desktop-activation token (the server's default lifetime always applies; its expiry is known once
+        :meth:`deployment` has read that lifetime, on 2.x). Deletes the user's earlier unused tokens."""
+        started = dt.datetime.now(dt.UTC)
         payload, retries = self._call_counted(
             "POST", "user", username, "start_desktop", json={"email": None, "send_enrollment_notification": False}
         )
-        return self._issued(payload, TokenKind.DESKTOP, None, retries)
+        lifetime = self._server_lifetime
+        return self._issued(payload, TokenKind.DESKTOP, started + lifetime if lifetime else None, retries)
 
     # -- the chokepoint --------------------------------------------------------------------------------------
 
@@ -232,10 +337,18 @@ class DefguardClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token.value}"
+        server_errors = 0
         try:
             for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
-                    return self._once(method, url, headers, params, json, expect_json=expect_json), attempt.num - 1
+                    try:
+                        return self._once(method, url, headers, params, json, expect_json=expect_json), attempt.num - 1
+                    except Retryable as exc:
+                        if isinstance(exc.error, DefguardAPIError) and exc.error.status == 500:
+                            server_errors += 1
+                            if server_errors >= _SERVER_ERROR_TRIES:
+                                raise exc.error from None
+                        raise
         except Retryable as exc:  # attempts or time ran out
             raise exc.error from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -321,14 +434,27 @@ class DefguardClient:
                 f"redirect to {response.headers.get('Location', '?')}",
                 hint="use the final URL (often https://) as --url",
             )
+        if status == 401 and message == _USER_DISABLED:
+            raise DefguardUserDisabledError(method, url, status, message)
+        if status == 400 and message == _ALREADY_ACTIVATED:
+            raise DefguardAlreadyActivatedError(method, url, status, message)
         if status in {401, 403}:
-            raise DefguardAuthError(method, url, status, message, hint=_AUTH_HINTS.get(message))
+            raise DefguardAuthError(method, url, status, message, hint=DEFGUARD_AUTH_HINTS.get(message))
         error = DefguardAPIError(method, url, status, message)
         if status in _RETRYABLE_STATUS:
             match = _WAIT_FOR.search(message) if status == 429 else None
             wait = float(match.group(1)) if match else parse_retry_after(response.headers.get("Retry-After"))
             raise Retryable(error, wait)
         raise error
+
+
+def _normalised_url(raw: str) -> str | None:
+    """A URL as the ``url`` crate serialises it for the token endpoints: an http(s) URL with an empty path gains a
+    trailing ``/``. ``None`` when it does not parse as an absolute URL."""
+    parts = urlsplit(raw.strip())
+    if not parts.scheme or not parts.netloc:
+        return None
+    return raw.strip() + "/" if parts.scheme in {"http", "https"} and not parts.path else raw.strip()
 
 
 def _looks_like_json(body: bytes) -> bool:

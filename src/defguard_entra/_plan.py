@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
 import attrs
 
+from .config import ATTRIBUTE_VALUE_LIMIT
 from .models import DefguardUser, EntraUser, MatchedBy, Status, TokenKind
 
-__all__ = ["EnrolledPolicy", "Member", "classify", "detect_shared_entra_users", "map_entra_members"]
+__all__ = [
+    "ENROLLED_POLICIES",
+    "EnrolledPolicy",
+    "Member",
+    "classify",
+    "detect_shared_entra_users",
+    "enrollment_url_problem",
+    "map_entra_members",
+]
 
-EnrolledPolicy = str  # "skip" | "desktop"
+EnrolledPolicy = Literal["auto", "desktop", "skip"]
+"""Who gets a token: ``auto`` every member without a device (enrollment token where Defguard accepts one, else
+desktop activation); ``desktop`` also members with a device (desktop activation); ``skip`` only members Defguard
+does not flag ``enrolled`` (the rule before 0.2, which misses directory-synced users)."""
+ENROLLED_POLICIES: tuple[str, ...] = get_args(EnrolledPolicy)
 T = TypeVar("T")
 
 
@@ -46,15 +61,26 @@ def chunked(values: Sequence[T], size: int) -> list[Sequence[T]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
 
 
-def classify(user: DefguardUser, enrolled: EnrolledPolicy) -> Status | TokenKind:
-    """A Defguard user's fate before Entra is asked: a skip status, or the kind of token to mint."""
+def classify(user: DefguardUser, enrolled: EnrolledPolicy, line: int = 2) -> Status | TokenKind:
+    """A Defguard user's fate before Entra is asked: a skip status, or the kind of token to mint first.
+
+    "Enrolled" means "has a device": Defguard's own ``enrolled`` flag is also true for users created by directory
+    sync or SSO sign-in, who have none. 2.x refuses ``start_enrollment`` for a user it flags ``enrolled``, so such a
+    user gets a desktop-activation token at once; 1.6 refuses only a user with a password, which the API does not
+    show, so ``start_enrollment`` is tried and the service falls back to ``start_desktop`` when it is refused.
+    A user whose devices are unknown (``None``) is judged by the flag alone, never minted for blindly.
+    """
     if not user.active:
         return Status.DISABLED
     if not user.email:
         return Status.NO_EMAIL
-    if user.enrolled:
+    if enrolled == "skip" or user.devices is None:
+        if user.enrolled:
+            return TokenKind.DESKTOP if enrolled == "desktop" else Status.ALREADY_ENROLLED
+        return TokenKind.ENROLLMENT
+    if user.devices > 0:
         return TokenKind.DESKTOP if enrolled == "desktop" else Status.ALREADY_ENROLLED
-    return TokenKind.ENROLLMENT
+    return TokenKind.DESKTOP if user.enrolled and line >= 2 else TokenKind.ENROLLMENT
 
 
 def map_entra_members(
@@ -120,3 +146,46 @@ def detect_shared_entra_users(members: Sequence[Member]) -> None:
             upn = sharing[0].entra.user_principal_name if sharing[0].entra else entra_id
             for member in sharing:
                 member.settle(Status.AMBIGUOUS, f"Entra user {upn} matches several Defguard users: {names}")
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def enrollment_url_problem(url: str, defguard_url: str, line: int) -> str | None:
+    """Why tokens carrying Defguard's enrollment ``url`` cannot work on users' machines, or ``None``.
+
+    Refused: a URL that does not parse (2.x then answers 500 to every token request); a loopback or ``localhost``
+    URL (Defguard's default, ``http://localhost:8080/``), unless Defguard itself is reached on loopback (the
+    emulators, a test set-up); a URL longer than Graph's limit for an attribute value. Each message names the
+    setting to change (1.6: ``DEFGUARD_ENROLLMENT_URL``; 2.x: the public proxy URL in Defguard's settings).
+    """
+    setting = (
+        "DEFGUARD_ENROLLMENT_URL in Defguard's environment"
+        if line < 2
+        else "the public proxy URL in Defguard's settings (public_proxy_url)"
+    )
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return (
+            f"Defguard's enrollment URL {url!r} is not an http(s) URL, so Defguard cannot issue working tokens "
+            f"(2.x answers 500 to every token request): set {setting} to the enrollment proxy's public URL"
+        )
+    if _is_loopback(url) and not _is_loopback(defguard_url):
+        return (
+            f"Defguard's enrollment URL is {url!r} (Defguard's default), which would point every user's machine at "
+            f"itself: set {setting} to the enrollment proxy's public URL; no token was minted"
+        )
+    if len(url) > ATTRIBUTE_VALUE_LIMIT:
+        return (
+            f"Defguard's enrollment URL {url!r} has {len(url)} characters, more than Graph's "
+            f"{ATTRIBUTE_VALUE_LIMIT}-character limit for an attribute value: shorten {setting}"
+        )
+    return None

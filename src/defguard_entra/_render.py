@@ -109,14 +109,16 @@ def format_status_table(report: Report) -> str:
             [
                 o.username or "-",
                 flag(o.defguard_active),
-                flag(o.defguard_enrolled),
+                "-" if o.devices is None else o.devices,
                 o.user_principal_name or "-",
                 o.status.value,
+                o.would_mint.value if o.would_mint else "-",
                 token,
                 o.enrollment_url or "-",
             ]
         )
-    return str(format_pretty_table(rows, ["member", "active", "enrolled", "Entra user", "status", "token", "URL"]))
+    columns = ["member", "active", "devices", "Entra user", "status", "would mint", "token", "URL"]
+    return str(format_pretty_table(rows, columns))
 
 
 _MARKS = {CheckState.OK: "ok  ", CheckState.FAIL: "FAIL", CheckState.WARN: "warn", CheckState.SKIP: "skip"}

@@ -32,17 +32,26 @@ from ._checks import (
     GraphPrincipal,
     attribute_items,
     defguard_token_items,
+    deployment_items,
     permission_item,
     principal_from_claims,
     read_users_item,
 )
 from ._loop import LoopThread
-from ._plan import EnrolledPolicy, Member, chunked, classify, detect_shared_entra_users, map_entra_members
+from ._plan import (
+    ENROLLED_POLICIES,
+    EnrolledPolicy,
+    Member,
+    chunked,
+    classify,
+    detect_shared_entra_users,
+    enrollment_url_problem,
+    map_entra_members,
+)
 from ._version import __version__
 from .config import (
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
-    ATTRIBUTE_VALUE_LIMIT,
     BATCH_LIMIT,
     DEFAULT_ATTRIBUTE_SET,
     GRAPH_CLI_CLIENT_ID,
@@ -53,9 +62,12 @@ from .config import (
 )
 from .exceptions import (
     ConfigurationError,
+    DefguardAlreadyActivatedError,
+    DefguardAPIError,
     DefguardAuthError,
     DefguardError,
     DefguardUnreachableError,
+    DefguardUserDisabledError,
     EntraAPIError,
     EntraAuthError,
     EntraError,
@@ -65,6 +77,9 @@ from .models import (
     CheckItem,
     Checklist,
     CheckState,
+    DefguardDeployment,
+    DefguardServer,
+    DefguardUser,
     IssuedToken,
     Outcome,
     ProvisioningConfig,
@@ -105,6 +120,33 @@ def _now() -> dt.datetime:
 
 class _Abort(Exception):  # noqa: N818 - internal: stop minting, settle the rest
     pass
+
+
+#: Server errors (5xx) in a row that stop minting: before the first token was minted, and after.
+_FAULTS_BEFORE_FIRST_TOKEN = 3
+_FAULTS_IN_A_ROW = 8
+#: Group members missing from the user list that are looked up one by one before they are reported.
+_MISSING_LOOKUPS = 100
+
+
+class _Breaker:
+    """Tells a permanent server fault from one member's bad luck: a few 5xx answers in a row before any token was
+    minted, or more later, mean every token request fails (2.x answers 500 to all of them while its public proxy
+    URL does not parse), so minting stops instead of retrying each of thousands of members."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self.minted = False
+
+    def success(self) -> None:
+        self.streak = 0
+        self.minted = True
+
+    def fault(self, exc: DefguardAPIError) -> None:
+        self.streak += 1
+        limit = _FAULTS_IN_A_ROW if self.minted else _FAULTS_BEFORE_FIRST_TOKEN
+        if self.streak >= limit:
+            raise _Abort(f"Defguard answered {exc.status} to {self.streak} token requests in a row ({exc.message})")
 
 
 class ProvisioningService:
@@ -228,7 +270,7 @@ class ProvisioningService:
         *,
         group_source: str = "defguard",
         lifetime: dt.timedelta | None = None,
-        enrolled: EnrolledPolicy = "skip",
+        enrolled: EnrolledPolicy = "auto",
         dry_run: bool = False,
         only_missing: bool = False,
         progress: Progress | None = None,
@@ -255,7 +297,7 @@ class ProvisioningService:
         *,
         group_source: str = "defguard",
         lifetime: dt.timedelta | None = None,
-        enrolled: EnrolledPolicy = "skip",
+        enrolled: EnrolledPolicy = "auto",
         dry_run: bool = False,
         only_missing: bool = False,
         progress: Progress | None = None,
@@ -270,16 +312,15 @@ class ProvisioningService:
             raise ConfigurationError("--group-name is empty: give the name of the group to provision")
         if group_source not in {"defguard", "entra"}:
             raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
-        if enrolled not in {"skip", "desktop"}:
-            raise ConfigurationError("--enrolled must be 'skip' or 'desktop'")
+        _check_enrolled(enrolled)
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
         clock = _Phases(audit)
-        version, members = await self._preflight(group_name, group_source, notes, audit)
+        version, members = await self._preflight(group_name, group_source, notes, audit, mints=True)
         clock.mark("preflight")
         log.info("preflight passed: %d members (%.2fs)", len(members), (_now() - started).total_seconds())
-        self._classify(members, enrolled)
+        self._classify(members, enrolled, version)
         if group_source == "defguard":
             await self._resolve_in_entra(members)
             clock.mark("resolve")
@@ -299,8 +340,15 @@ class ProvisioningService:
             fatal, interrupted = await self._mint_and_write(todo, lifetime, tokens, progress, stop)
         clock.mark("write")
         log.info("minted and stored %d tokens (%.2fs)", len(tokens), (_now() - started).total_seconds())
-        if enrolled == "desktop" and any(m.kind is TokenKind.DESKTOP for m in members):
-            notes.append("desktop-configuration tokens use the Defguard server's default lifetime")
+        desktop = sum(1 for m in members if m.kind is TokenKind.DESKTOP and id(m) in tokens)
+        if desktop:
+            lifetime = audit.get("defguard_token_lifetime_hours")
+            told = f"{lifetime:g} h" if lifetime is not None else "not readable on this Defguard line"
+            notes.append(
+                f"{desktop} member{'s' if desktop != 1 else ''} got a desktop-activation token (Defguard counts "
+                "them as activated: directory sync, SSO sign-in or a password, but no device yet): such tokens "
+                f"always get the server's default lifetime ({told}), whatever lifetime was asked for"
+            )
         outcomes = tuple(self._outcome(m, tokens.get(id(m))) for m in members)
         return Report(
             command="provision",
@@ -323,13 +371,15 @@ class ProvisioningService:
     # -- steps -----------------------------------------------------------------------------------------------
 
     async def _preflight(
-        self, group_name: str, group_source: str, notes: list[str], audit: dict[str, Any]
+        self, group_name: str, group_source: str, notes: list[str], audit: dict[str, Any], *, mints: bool = False
     ) -> tuple[str, list[Member]]:
         server = await self._dg(self.defguard.server)
         me = await self._dg(self.defguard.me)
         audit["defguard_user"] = me.username
         if not me.is_admin:
             raise PreflightError(f"the Defguard API token belongs to {me.username!r}, who is not an admin")
+        if mints:
+            await self._check_enrollment_url(server.major, notes, audit)
         await self.entra.sign_in()
         audit["graph_principal"] = (await self._graph_principal()).to_audit()
         audit["graph_url"] = self.entra.base_url
@@ -355,6 +405,11 @@ class ProvisioningService:
                     f"Defguard has no group named {group_name!r} (names are case-sensitive): check --group-name"
                 )
             users = await self._dg(self.defguard.users)
+            missing = sorted(set(group.members) - users.keys())
+            for username in missing[:_MISSING_LOOKUPS]:  # a user the unordered pages skipped, or one just added
+                found = await self._dg(self.defguard.user, username)
+                if found is not None:
+                    users[username] = found
             members = []
             for username in sorted(set(group.members)):
                 user = users.get(username)
@@ -374,12 +429,31 @@ class ProvisioningService:
         entra_members.sort(key=lambda u: (u.user_principal_name.lower(), u.id))
         return server.version, map_entra_members(entra_members, users.values())
 
+    async def _check_enrollment_url(self, line: int, notes: list[str], audit: dict[str, Any]) -> None:
+        """Read Defguard's enrollment URL before any token is minted, and refuse one that cannot work."""
+        deployment = await self._dg(self.defguard.deployment)
+        audit["enrollment_url"] = deployment.enrollment_url
+        if deployment.token_lifetime is not None:
+            audit["defguard_token_lifetime_hours"] = round(deployment.token_lifetime.total_seconds() / 3600, 2)
+        if deployment.enrollment_url is None:
+            note = (
+                f"could not read Defguard's enrollment URL ({'; '.join(deployment.problems)}): "
+                "the first token minted is checked instead"
+            )
+            log.warning("%s", note)
+            notes.append(note)
+            return
+        problem = enrollment_url_problem(deployment.enrollment_url, self.defguard.url, line)
+        if problem is not None:
+            raise PreflightError(problem)
+
     @staticmethod
-    def _classify(members: Sequence[Member], enrolled: EnrolledPolicy) -> None:
+    def _classify(members: Sequence[Member], enrolled: EnrolledPolicy, version: str) -> None:
+        line = DefguardServer(version).major
         for member in members:
             if member.status is not None or member.defguard is None:
                 continue
-            fate = classify(member.defguard, enrolled)
+            fate = classify(member.defguard, enrolled, line)
             if isinstance(fate, TokenKind):
                 member.kind = fate
             else:
@@ -421,6 +495,7 @@ class ProvisioningService:
         total = len(todo)
         done = 0
         abort: list[str] = []
+        breaker = _Breaker()
 
         async def run(chunk: Sequence[Member]) -> None:
             nonlocal done
@@ -432,27 +507,31 @@ class ProvisioningService:
                         m.settle(Status.FAILED, f"not attempted: {abort[0]}")
             else:
                 try:
-                    await self._chunk(chunk, lifetime, tokens)
+                    await self._chunk(chunk, lifetime, tokens, breaker)
                 except _Abort as exc:
                     abort.append(str(exc))
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
 
-        # The first member alone: its answer tells whether Defguard's EnrollmentUrl fits in Graph at all.
-        await run(todo[:1])
-        first = todo[0]
-        token = tokens.get(id(first))
-        if token is not None and len(token.url) > ATTRIBUTE_VALUE_LIMIT:
-            message = (
-                f"Defguard's enrollment URL {token.url!r} has {len(token.url)} characters, more than Graph's "
-                f"{ATTRIBUTE_VALUE_LIMIT}-character limit for an attribute value: shorten Defguard's public "
-                "enrollment URL (1.6: DEFGUARD_ENROLLMENT_URL; 2.x: the public proxy URL setting)"
+        # One member at a time until a token is minted: a server that fails every token request is found after a
+        # few members, and the first token's URL is checked (when the settings could not be read beforehand).
+        start = 0
+        while start < total and not breaker.minted and not abort and not (stop is not None and stop.is_set()):
+            first = todo[start]
+            start += 1
+            await run([first])
+            token = tokens.get(id(first))
+            problem = (
+                enrollment_url_problem(token.url, self.defguard.url, self.defguard.server().major)
+                if token is not None
+                else None
             )
-            first.settle(Status.FAILED, message + "; the token minted for this member was not stored")
-            for m in todo[1:]:
-                m.settle(Status.FAILED, "not attempted: the enrollment URL is too long for Entra")
-            return message, False
+            if problem is not None:
+                first.settle(Status.FAILED, problem + "; the token minted for this member was not stored")
+                for m in todo[start:]:
+                    m.settle(Status.FAILED, "not attempted: Defguard's enrollment URL cannot work (see the error)")
+                return problem, False
         # Enough chunks in flight that minting never waits for a write to finish (2 per batch of concurrency).
         parallel = min(16, 2 + 2 * math.ceil(self.concurrency / BATCH_LIMIT))
         gate = asyncio.Semaphore(parallel)
@@ -461,17 +540,27 @@ class ProvisioningService:
             async with gate:
                 await run(chunk)
 
-        await asyncio.gather(*(gated(c) for c in chunked(todo[1:], BATCH_LIMIT)))
+        await asyncio.gather(*(gated(c) for c in chunked(todo[start:], BATCH_LIMIT)))
         interrupted = stop is not None and stop.is_set()
         return None, interrupted
 
-    async def _mint(self, member: Member, lifetime: dt.timedelta | None) -> IssuedToken | None:
+    async def _mint(self, member: Member, lifetime: dt.timedelta | None, breaker: _Breaker) -> IssuedToken | None:
         assert member.defguard is not None
         username = member.defguard.username
         try:
-            if member.kind is TokenKind.DESKTOP:
-                return await self._dg(self.defguard.start_desktop, username)
-            return await self._dg(self.defguard.start_enrollment, username, lifetime)
+            if member.kind is not TokenKind.DESKTOP:
+                try:
+                    token = await self._dg(self.defguard.start_enrollment, username, lifetime)
+                except DefguardAlreadyActivatedError:
+                    # The server's answer is final (1.6: the user has a password; 2.x: a race) and changed nothing.
+                    member.kind = TokenKind.DESKTOP
+                else:
+                    breaker.success()
+                    return token
+            token = await self._dg(self.defguard.start_desktop, username)
+        except DefguardUserDisabledError:
+            member.settle(Status.DISABLED, "disabled in Defguard since the user list was read: no token minted")
+            return None
         except DefguardAuthError as exc:
             member.settle(Status.FAILED, f"Defguard refused the API token: {exc}")
             raise _Abort(f"Defguard refused the API token mid-run ({exc.status} {exc.message})") from None
@@ -480,12 +569,20 @@ class ProvisioningService:
             raise _Abort(f"Defguard became unreachable ({exc})") from None
         except DefguardError as exc:
             member.settle(Status.FAILED, f"Defguard: {exc}")
+            if isinstance(exc, DefguardAPIError) and exc.status >= 500:
+                breaker.fault(exc)
             return None
+        breaker.success()
+        return token
 
     async def _chunk(
-        self, chunk: Sequence[Member], lifetime: dt.timedelta | None, tokens: dict[int, IssuedToken]
+        self,
+        chunk: Sequence[Member],
+        lifetime: dt.timedelta | None,
+        tokens: dict[int, IssuedToken],
+        breaker: _Breaker,
     ) -> None:
-        minted = await asyncio.gather(*(self._mint(m, lifetime) for m in chunk), return_exceptions=True)
+        minted = await asyncio.gather(*(self._mint(m, lifetime, breaker) for m in chunk), return_exceptions=True)
         to_write: dict[str, Mapping[str, str | None]] = {}
         owners: dict[str, Member] = {}
         abort: BaseException | None = None
@@ -498,8 +595,8 @@ class ProvisioningService:
             if result is None:
                 continue
             tokens[id(member)] = result
-            if len(result.url) > ATTRIBUTE_VALUE_LIMIT:
-                continue  # settled by the caller (first member) — a URL cannot change between members
+            if enrollment_url_problem(result.url, self.defguard.url, self.defguard.server().major) is not None:
+                continue  # settled by the caller (the first token minted) — a URL cannot change between members
             assert member.entra is not None
             to_write[member.entra.id] = {ATTRIBUTE_TOKEN: result.token.value, ATTRIBUTE_URL: result.url}
             owners[member.entra.id] = member
@@ -524,7 +621,7 @@ class ProvisioningService:
                     member.settle(Status.FAILED, f"not attempted: {abort}")
             raise abort
 
-    def _outcome(self, member: Member, token: IssuedToken | None) -> Outcome:
+    def _outcome(self, member: Member, token: IssuedToken | None, *, would_mint: bool = False) -> Outcome:
         entra = member.entra
         status = member.status or Status.FAILED
         keep_token = token is not None and status is Status.PROVISIONED
@@ -543,19 +640,35 @@ class ProvisioningService:
             retries=token.retries if token is not None else 0,
             defguard_active=member.defguard.active if member.defguard is not None else None,
             defguard_enrolled=member.defguard.enrolled if member.defguard is not None else None,
+            devices=member.defguard.devices if member.defguard is not None else None,
+            would_mint=member.kind if would_mint else None,
         )
 
     # -- status, clear and check (issue 5): built on the same preflight and member resolution ---------------------
 
-    def status(self, group_name: str, *, group_source: str = "defguard", stop: threading.Event | None = None) -> Report:
+    def status(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "auto",
+        stop: threading.Event | None = None,
+    ) -> Report:
         """Sync form of :meth:`astatus`."""
-        report: Report = self._run(self.astatus(group_name, group_source=group_source, stop=stop))
+        report: Report = self._run(self.astatus(group_name, group_source=group_source, enrolled=enrolled, stop=stop))
         return report
 
     async def astatus(
-        self, group_name: str, *, group_source: str = "defguard", stop: threading.Event | None = None
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "auto",
+        stop: threading.Event | None = None,
     ) -> Report:
-        """Where every member stands, read-only: Defguard state, Entra match, what the attribute set holds.
+        """Where every member stands, read-only: Defguard state and devices, Entra match, what the attribute set
+        holds, and what ``provision`` (with the same ``enrolled`` policy) would mint now (``would_mint``, with the
+        reason in ``error``).
 
         Statuses: ``set`` (token and URL stored), ``partial`` (only one of them), ``not_set`` (nothing, or this
         sign-in may not read them: Graph answers both the same way), and the lookup statuses ``no_email``,
@@ -565,13 +678,16 @@ class ProvisioningService:
         .. versionadded:: 0.1.0
         """
         _check_group_args(group_name, group_source)
+        _check_enrolled(enrolled)
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
         version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
+        line = DefguardServer(version).major
         for member in members:
             if member.status is None:
-                member.settle(_stored_status(stored.get(id(member))))
+                member.kind, why = _would_mint(member, enrolled, line)
+                member.settle(_stored_status(stored.get(id(member))), why)
         self._note_unreadable(stored, notes)
         return self._report(
             "status",
@@ -619,10 +735,12 @@ class ProvisioningService:
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> Report:
-        """Set ``EnrollmentToken`` and ``EnrollmentUrl`` to null for members already enrolled in Defguard (or, with
-        ``all_members``, for every member) that have something stored.
+        """Set ``EnrollmentToken`` and ``EnrollmentUrl`` to null for members who have a device in Defguard (the
+        token has done its job), or, with ``all_members``, for every member, that have something stored. A member
+        without a device keeps its token, whatever Defguard's ``enrolled`` flag says (directory-synced users are
+        flagged enrolled from day one).
 
-        Statuses: ``cleared``, ``not_set`` (nothing stored), ``kept`` (not enrolled, without ``all_members``),
+        Statuses: ``cleared``, ``not_set`` (nothing stored), ``kept`` (no device, without ``all_members``),
         ``planned`` (``dry_run``), ``not_found`` (also for a member without e-mail: its Entra user cannot be
         found), ``ambiguous``, ``failed``, ``interrupted``. Other attributes of the set are left alone.
 
@@ -641,13 +759,13 @@ class ProvisioningService:
                 continue
             if not stored.get(id(member)):
                 member.settle(Status.NOT_SET)
-            elif all_members or (member.defguard is not None and member.defguard.enrolled):
+            elif all_members or (member.defguard is not None and _has_device(member.defguard)):
                 todo.append(member)
             elif member.defguard is None:
                 member.settle(Status.KEPT, "no Defguard user has this member's addresses (--all clears it)")
             else:
                 member.settle(
-                    Status.KEPT, "not enrolled in Defguard yet: the stored token may still be needed (--all clears it)"
+                    Status.KEPT, "no device in Defguard yet: the stored token may still be needed (--all clears it)"
                 )
         clock = _Phases(audit)
         if dry_run:
@@ -787,7 +905,8 @@ class ProvisioningService:
         stop: threading.Event | None,
         dry_run: bool = False,
     ) -> Report:
-        outcomes = tuple(_with_stored(self._outcome(m, None), stored.get(id(m))) for m in members)
+        status = command == "status"
+        outcomes = tuple(_with_stored(self._outcome(m, None, would_mint=status), stored.get(id(m))) for m in members)
         return Report(
             command=command,
             started_at=started,
@@ -838,6 +957,12 @@ class ProvisioningService:
         except DefguardError as exc:
             error, detail = (getattr(exc, "status", 0), str(exc)), str(exc)
         items.extend(defguard_token_items(owner, is_admin, error, detail))
+        if error is None and is_admin:
+            try:
+                deployment: DefguardDeployment | None = await self._dg(self.defguard.deployment)
+            except DefguardError:
+                deployment = None
+            items.extend(deployment_items(deployment, self.defguard.url, server.major, self.attribute_set))
         if group_source != "defguard":
             return server.version
         if error is not None or not is_admin:
@@ -970,7 +1095,7 @@ class ProvisioningService:
         group_name: str,
         *,
         group_source: str = "defguard",
-        enrolled: EnrolledPolicy = "skip",
+        enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
     ) -> Report:
         """Sync form of :meth:`aexport`."""
@@ -982,7 +1107,7 @@ class ProvisioningService:
         group_name: str,
         *,
         group_source: str = "defguard",
-        enrolled: EnrolledPolicy = "skip",
+        enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
     ) -> Report:
         """Each member's stored enrollment URL and token, read back from Entra; nothing is minted or written.
@@ -1003,13 +1128,12 @@ class ProvisioningService:
             raise ConfigurationError("--group-name is empty: give the name of the group to export")
         if group_source not in {"defguard", "entra"}:
             raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
-        if enrolled not in {"skip", "desktop"}:
-            raise ConfigurationError("--enrolled must be 'skip' or 'desktop'")
+        _check_enrolled(enrolled)
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
         version, members = await self._preflight(group_name, group_source, notes, audit)
-        self._classify(members, enrolled)
+        self._classify(members, enrolled, version)
         if group_source == "defguard":
             await self._resolve_in_entra(members)
         detect_shared_entra_users(members)
@@ -1080,11 +1204,36 @@ class ProvisioningService:
         )
 
 
+def _check_enrolled(enrolled: str) -> None:
+    if enrolled not in ENROLLED_POLICIES:
+        choices = ", ".join(repr(p) for p in ENROLLED_POLICIES)
+        raise ConfigurationError(f"enrolled must be one of {choices}, not {enrolled!r}")
+
+
 def _check_group_args(group_name: str, group_source: str) -> None:
     if not group_name.strip():
         raise ConfigurationError("--group-name is empty: give the name of the group")
     if group_source not in {"defguard", "entra"}:
         raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+
+
+def _has_device(user: DefguardUser) -> bool:
+    """Has this user enrolled a device? Judged by Defguard's flag only when the device count is unknown."""
+    return user.devices > 0 if user.devices is not None else user.enrolled
+
+
+def _would_mint(member: Member, enrolled: EnrolledPolicy, line: int) -> tuple[TokenKind | None, str | None]:
+    """What ``provision`` would mint for a resolved member now, and why in words (``status``'s why column)."""
+    if member.defguard is None:
+        return None, None
+    fate = classify(member.defguard, enrolled, line)
+    devices = member.defguard.devices
+    if fate is TokenKind.ENROLLMENT:
+        return fate, "provision would mint an enrollment token (no device yet)"
+    if fate is TokenKind.DESKTOP:
+        why = f"{devices} device(s), enrolled=desktop" if devices else "no device, but Defguard counts it activated"
+        return fate, f"provision would mint a desktop-activation token ({why})"
+    return None, _SKIP_REASONS.get(fate, f"provision would mint nothing ({fate})")
 
 
 def _stored_status(values: Mapping[str, Any] | None) -> Status:
@@ -1123,7 +1272,9 @@ class _Phases:
 _SKIP_REASONS = {
     Status.DISABLED: "disabled in Defguard: no token minted",
     Status.NO_EMAIL: "no e-mail address in Defguard, so no way to find the Entra user: add one in Defguard",
-    Status.ALREADY_ENROLLED: "already enrolled in Defguard (--enrolled desktop gives a desktop-configuration token)",
+    Status.ALREADY_ENROLLED: (
+        "has a device in Defguard: already enrolled (--enrolled desktop gives a desktop-activation token)"
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import attrs
 
 from ._durations import parse_lifetime
+from ._plan import ENROLLED_POLICIES
 from ._redact import RedactingFilter
 from ._version import __version__
 from .config import DEFAULT_ATTRIBUTE_SET, PROVISION_SCOPES, AuthMode, Cloud, Settings, validate_attribute_set_name
@@ -102,6 +103,20 @@ def _add_defguard(p: argparse.ArgumentParser) -> None:
     d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per-request timeout (default 30)")
 
 
+def _add_enrolled(group: Any, verb: str) -> None:
+    """``--enrolled``: one definition for every command that decides who gets a token."""
+    group.add_argument(
+        "--enrolled",
+        choices=ENROLLED_POLICIES,
+        default="auto",
+        metavar="{auto,desktop,skip}",
+        help=f"whom to {verb} for: auto (default) every member without a device, with an enrollment token where "
+        "Defguard accepts one, else a desktop-activation token (directory-synced and SSO users); desktop: also "
+        "members who have a device; skip: only members Defguard does not flag enrolled (misses directory-synced "
+        "users). Desktop-activation tokens always get the server's default lifetime",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="defguard-entra",
@@ -132,13 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="token lifetime, e.g. 24h, 1d, 2w, 90m, 1.5h (default: the server's, usually 24h)",
     )
-    run.add_argument(
-        "--enrolled",
-        choices=["skip", "desktop"],
-        default="skip",
-        help="already-enrolled users: skip them (default) or give them a desktop-configuration token "
-        "(server-default lifetime)",
-    )
+    _add_enrolled(run, "mint")
     run.add_argument("--dry-run", action="store_true", help="read everything, mint and write nothing")
     run.add_argument(
         "--only-missing",
@@ -397,8 +406,8 @@ def _finish(report: Report, ctx: _Context, report_path: Path | None, *, reveal: 
 
 
 _DEMO_EXPLAIN = {
-    "provisioned": "got a fresh enrollment token, stored with the URL in their Entra attributes",
-    "already_enrolled": "already enrolled in Defguard: skipped (--enrolled desktop would give a desktop token)",
+    "already_enrolled": "has a device in Defguard: skipped, nothing to do (--enrolled desktop would give a "
+    "desktop-activation token for another device)",
     "disabled": "disabled in Defguard: skipped, no token minted",
     "no_email": "no e-mail in Defguard, so no way to find them in Entra: skipped",
     "not_found": "no Entra user with that mail, UPN or other mail: no token minted (their old one survives)",
@@ -451,8 +460,9 @@ def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
         provision_args = build_parser().parse_args(argv)
         code = _cmd_provision(provision_args, attrs.evolve(ctx, environ=environment(defguard, graph)))
         consistent = all(
-            graph.attributes(scenario.entra_ids[name]).get("Defguard", {}).get("EnrollmentToken")
-            == defguard.current_token(name)
+            (token := defguard.current_token(name)) is not None
+            and graph.attributes(scenario.entra_ids[name]).get("Defguard", {}).get("EnrollmentToken") == token
+            and defguard.token_kind(token) == scenario.token_kinds[name]
             for name, status in scenario.expected.items()
             if status == "provisioned"
         )
@@ -466,6 +476,12 @@ def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
         end_user = _demo_end_user_step(ctx, defguard, graph, scenario.entra_ids["alice"], quiet=args.quiet)
         end_user_ok = end_user == defguard.current_token("alice")
     console.out("\nWhat happened:")
+    by_kind: dict[tuple[str, str], list[str]] = {}
+    for name, kind in sorted(scenario.token_kinds.items()):
+        by_kind.setdefault((scenario.kinds_of_user[name], kind), []).append(name)
+    for (origin, kind), names in by_kind.items():
+        token = "an enrollment token" if kind == "enrollment" else "a desktop-activation token"
+        console.out(f"  {'provisioned':<17} {', '.join(names)}: {origin}; got {token}, stored in Entra")
     for status, meaning in _DEMO_EXPLAIN.items():
         names = sorted(n for n, s in scenario.expected.items() if s == status)
         console.out(f"  {status:<17} {', '.join(names)}: {meaning}")
@@ -537,12 +553,7 @@ def _add_client_config_commands(sub: Any) -> None:
         action="store_true",
         help="add each member's defguard://addinstance link to the manifest (it holds the token)",
     )
-    what.add_argument(
-        "--enrolled",
-        choices=["skip", "desktop"],
-        default="skip",
-        help="already-enrolled users: skip them (default) or export their desktop-configuration token",
-    )
+    _add_enrolled(what, "export")
     mint = export.add_argument_group("mint first (--provision)")
     mint.add_argument(
         "--provision", action="store_true", help="run provision for the group first, in the same run, then export"
@@ -757,6 +768,7 @@ def _add_operations_commands(sub: Any) -> None:
     _add_defguard(status)
     _add_graph(status)
     _add_group_options(status, "show")
+    _add_enrolled(status, "judge would_mint")
     _add_retry_options(status, writes=False)
     status.add_argument_group("report").add_argument(
         "--report", metavar="PATH", help="write a .json or .csv report (tokens masked)"
@@ -834,7 +846,7 @@ def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
 
     scopes = STATUS_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
     with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
-        report = service.status(args.group_name, group_source=args.group_source, stop=ctx.stop)
+        report = service.status(args.group_name, group_source=args.group_source, enrolled=args.enrolled, stop=ctx.stop)
     report = _audited(report, args, settings, ctx.environ)
     if report.outcomes and not args.quiet:
         ctx.console.out(format_status_table(report))

@@ -10,10 +10,12 @@ __all__ = [
     "ClientConfigError",
     "ConfigurationError",
     "DefguardAPIError",
+    "DefguardAlreadyActivatedError",
     "DefguardAuthError",
     "DefguardEntraError",
     "DefguardError",
     "DefguardUnreachableError",
+    "DefguardUserDisabledError",
     "EntraAPIError",
     "EntraAuthError",
     "EntraError",
@@ -84,6 +86,16 @@ class DefguardAPIError(DefguardError):
 
 class DefguardAuthError(DefguardAPIError):
     """401/403: the API token is unknown, revoked, not an admin's, or ignored (license gate off)."""
+
+
+class DefguardUserDisabledError(DefguardAPIError):
+    """401 ``Enrollment user is disabled`` from a token request: about that one user (disabled since the user list
+    was read, e.g. by directory sync), not about the API token."""
+
+
+class DefguardAlreadyActivatedError(DefguardAPIError):
+    """400 ``User account is already activated`` from ``start_enrollment``: Defguard counts the user as activated
+    (1.6: has a password; 2.x: ``is_enrolled()``). Nothing changed on the server; ``start_desktop`` still works."""
 
 
 class UnexpectedResponseError(DefguardAPIError):

@@ -19,6 +19,7 @@ __all__ = [
     "CheckItem",
     "CheckState",
     "Checklist",
+    "DefguardDeployment",
     "DefguardGroup",
     "DefguardServer",
     "DefguardUser",
@@ -98,6 +99,14 @@ def _lower_tuple(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _user_devices(row: Mapping[str, Any]) -> int | None:
+    """How many user devices a 2.x ``UserInfo`` lists (``devices``); ``None`` when the row has no such list (1.6)."""
+    devices = row.get("devices")
+    if not isinstance(devices, list):
+        return None
+    return sum(1 for d in devices if not isinstance(d, Mapping) or d.get("device_type", "user") == "user")
+
+
 @attrs.frozen
 class DefguardServer:
     """What ``defguard-component-version`` says: e.g. ``1.6.6+abc…`` → line ``1``."""
@@ -125,10 +134,13 @@ class DefguardUser:
     is_admin: bool = False
     id: int | None = None
     groups: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
+    devices: int | None = None
+    """How many devices the user has: the truth of "has enrolled" (``enrolled`` is also true for users created by
+    directory sync or SSO, who have none). ``None``: not known."""
 
     @classmethod
     def from_api(cls, row: Mapping[str, Any]) -> Self:
-        """Build from a ``UserInfo`` of either API line (2.x extras are ignored)."""
+        """Build from a ``UserInfo`` of either API line (2.x carries ``devices``; 1.6 needs the device list)."""
         email = row.get("email")
         return cls(
             username=str(row["username"]),
@@ -140,7 +152,26 @@ class DefguardUser:
             is_admin=bool(row.get("is_admin", False)),
             id=row.get("id") if isinstance(row.get("id"), int) else None,
             groups=tuple(str(g) for g in row.get("groups") or ()),
+            devices=_user_devices(row),
         )
+
+
+@attrs.frozen
+class DefguardDeployment:
+    """How this Defguard runs, as far as an admin API token can read it before anything is minted.
+
+    ``enrollment_url`` is the URL the token endpoints will return (normalised with a trailing ``/`` when its path is
+    empty); ``token_lifetime`` the server's default lifetime, which desktop-activation tokens always get (2.x
+    ``enrollment_token_timeout_hours``; 1.6 does not expose it). ``external_openid``: an OpenID provider is
+    configured (``GET /api/v1/info``), so directory sync or SSO may create users who look enrolled. ``None``
+    means not known; ``problems`` says what could not be read.
+    """
+
+    enrollment_url: str | None = None
+    token_lifetime: dt.timedelta | None = None
+    external_openid: bool | None = None
+    ldap: bool | None = None
+    problems: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -224,6 +255,8 @@ class Outcome:
     retries: int = 0
     defguard_active: bool | None = None  # the Defguard user's state when the run read it (None: no Defguard user)
     defguard_enrolled: bool | None = None
+    devices: int | None = None  # the Defguard user's devices when the run read them
+    would_mint: TokenKind | None = None  # status: the token provision would mint now (None: nothing)
 
     def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
         token = self.enrollment_token
@@ -246,6 +279,8 @@ class Outcome:
             "retries": self.retries,
             "defguard_active": self.defguard_active,
             "defguard_enrolled": self.defguard_enrolled,
+            "devices": self.devices,
+            "would_mint": self.would_mint.value if self.would_mint else None,
         }
 
     def _repr_html_(self) -> str:

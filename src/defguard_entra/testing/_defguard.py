@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from ._server import DROP, EmulatorServer, Faults, Handler, Request, Response
 
-__all__ = ["DefguardEmulator", "EnrollmentToken", "HumantimeError", "parse_humantime"]
+__all__ = ["DefguardEmulator", "Device", "EnrollmentToken", "HumantimeError", "parse_humantime"]
 
 Version = Literal["1.6", "2.0"]
 TokenKind = Literal["enrollment", "desktop"]
@@ -47,6 +47,7 @@ _WEB_UI: Final = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>defguard</title></head>'
     '<body><div id="root"></div><script type="module" src="/assets/index.js"></script></body></html>'
 )
+_LICENSE_GRACE_DAYS: Final = 14
 _MAIL_SUBJECTS: Final = {"enrollment": "Defguard user enrollment", "desktop": "Defguard desktop client configuration"}
 
 
@@ -709,10 +710,40 @@ class _User:
     has_password: bool
     openid: bool
     ldap: bool
+    openid_sub: str | None = None  # directory sync: the Entra object id; SSO sign-in: the provider's subject
     enrollment_pending: bool = False
     ldap_remote_enrollment_completed: bool = False
     groups: list[str] = dataclasses.field(default_factory=list)
     tokens: list[str] = dataclasses.field(default_factory=list)  # live enrollment tokens, oldest first
+    devices: list[int] = dataclasses.field(default_factory=list)  # ids of the user's devices, oldest first
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Device:
+    """One row of Defguard's ``device`` table (``crates/defguard_core/src/db/models/device.rs``)."""
+
+    id: int
+    name: str
+    user_id: int
+    username: str
+    wireguard_pubkey: str
+    created: dt.datetime
+    device_type: Literal["user", "network"] = "user"
+    description: str | None = None
+    configured: bool = True
+
+    def to_api(self) -> dict[str, Any]:
+        """The ``Device`` JSON of ``GET /api/v1/device`` (``created`` is a naive UTC timestamp)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "wireguard_pubkey": self.wireguard_pubkey,
+            "user_id": self.user_id,
+            "created": self.created.replace(tzinfo=None).isoformat(),
+            "device_type": self.device_type,
+            "description": self.description,
+            "configured": self.configured,
+        }
 
 
 @dataclasses.dataclass(slots=True)
@@ -735,6 +766,13 @@ class DefguardEmulator(EmulatorServer):
     path), ``method-not-allowed``, and ``not-emulated`` (a method the real server has on that route but this
     emulator does not implement; it answers 501).
 
+    Deployment states (``docs/reference/defguard-deployments.md`` names the source of each): ``openid_provider``
+    (an external OpenID provider is configured: ``GET /api/v1/info``), users created by directory sync
+    (:meth:`prefetch_user`) or by SSO sign-in (:meth:`sso_sign_in`), devices (:meth:`add_device`), the license
+    ``license_overdue_days`` past its end (2.x closes the API-token gate after 14 days), and ``page_churn``: the
+    chance that, between two page reads of ``GET /api/v1/user`` (2.x), some user is updated and so moves in the
+    unordered list, which can make a later page skip a user.
+
     Options beyond the reference: ``ldap_remote_enrollment_enabled`` (the 2.x setting behind ``enrolled`` for LDAP
     users) and ``paginated_content_type``. The 2.x source builds paginated responses (``GET /user``, ``GET /group``)
     with ``Response::new(Body::from(json))``, which carries no ``Content-Type`` at all; the reference implies JSON,
@@ -756,6 +794,9 @@ class DefguardEmulator(EmulatorServer):
         seed: int = 0,
         ldap_remote_enrollment_enabled: bool = False,
         paginated_content_type: str | None = "application/json",
+        openid_provider: bool = False,
+        license_overdue_days: float | None = None,
+        page_churn: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -779,6 +820,9 @@ class DefguardEmulator(EmulatorServer):
             "seed": seed,
             "ldap_remote_enrollment_enabled": ldap_remote_enrollment_enabled,
             "paginated_content_type": paginated_content_type,
+            "openid_provider": openid_provider,
+            "license_overdue_days": license_overdue_days,
+            "page_churn": page_churn,
         }
         self._enrollment_url_raw = ""
         self._enrollment_url: str | None = None
@@ -793,6 +837,9 @@ class DefguardEmulator(EmulatorServer):
         self.shuffle: bool = settings["shuffle"]
         self.ldap_remote_enrollment_enabled: bool = settings["ldap_remote_enrollment_enabled"]
         self.paginated_content_type: str | None = settings["paginated_content_type"]
+        self.openid_provider: bool = settings["openid_provider"]
+        self.license_overdue_days: float | None = settings["license_overdue_days"]
+        self.page_churn: float = settings["page_churn"]
         if again:  # same rates and seed, the random sequence from the start
             self.faults = dataclasses.replace(settings["faults"])
         self.enrollment_url = settings["enrollment_url"]
@@ -808,6 +855,9 @@ class DefguardEmulator(EmulatorServer):
         self._api_tokens: dict[str, str] = {}  # sha256 hex -> username
         self._tokens: dict[str, EnrollmentToken] = {}  # live enrollment tokens
         self._kinds: dict[str, TokenKind] = {}  # every token ever minted
+        self._devices: dict[int, Device] = {}
+        self._next_device_id = 1
+        self._churn_rng = random.Random(settings["seed"] + 1)
         self._next_user_id = 1
         self._next_group_id = 1
         self._issued = 0
@@ -871,10 +921,14 @@ class DefguardEmulator(EmulatorServer):
         groups: Iterable[str] = (),
         ldap: bool = False,
         openid: bool = False,
+        openid_sub: str | None = None,
+        devices: int = 0,
     ) -> None:
-        """Create a user. ``enrolled=True`` gives it a password (enrolled on both lines); groups are created on
-        demand; ``is_admin=True`` adds it to the ``admin`` group. Raises ``ValueError`` for an invalid or taken
-        username or a taken e-mail (case-insensitive)."""
+        """Create a user. ``enrolled=True`` gives it a password (enrolled on both lines); ``openid_sub`` (or
+        ``openid=True``) an OpenID subject, as directory sync and SSO sign-in do (also enrolled, by Defguard's rule);
+        ``devices`` adds that many user devices (what "enrolled" means in practice). Groups are created on demand;
+        ``is_admin=True`` adds it to the ``admin`` group. Raises ``ValueError`` for an invalid or taken username or a
+        taken e-mail (case-insensitive)."""
         if not _USERNAME_RE.fullmatch(username):
             raise ValueError(f"invalid username {username!r}: 1-63 of [A-Za-z0-9._-], alphanumeric first")
         if email is None:
@@ -892,8 +946,9 @@ class DefguardEmulator(EmulatorServer):
                 last_name,
                 active,
                 has_password=enrolled,
-                openid=openid,
+                openid=openid or openid_sub is not None,
                 ldap=ldap,
+                openid_sub=openid_sub,
             )
             self._next_user_id += 1
             self._users[username] = user
@@ -905,6 +960,56 @@ class DefguardEmulator(EmulatorServer):
                 self._join(user, self._group(name))
             if is_admin:
                 self._join(user, self._admin_group())
+            for _ in range(devices):
+                self._add_device(user, None, "user")
+
+    def prefetch_user(
+        self, entra_id: str, email: str, *, first_name: str = "", last_name: str = "", groups: Iterable[str] = ()
+    ) -> str:
+        """Create a user the way Entra directory sync with *Prefetch users* does; returns the username.
+
+        Username = the e-mail's local part, no password, OpenID subject = the Entra object id, not pending: such a
+        user is listed ``enrolled: true`` on both lines and has no device (v1.6.6 and v2.0.1
+        ``crates/defguard_core/src/enterprise/directory_sync/mod.rs``)."""
+        username = email.split("@", 1)[0]
+        self.add_user(
+            username, email=email, first_name=first_name, last_name=last_name, groups=groups, openid_sub=entra_id
+        )
+        return username
+
+    def sso_sign_in(self, username: str, subject: str | None = None) -> None:
+        """What a first SSO sign-in does to an existing user matched by e-mail: it gains an OpenID subject
+        (``crates/defguard_core/src/enterprise/handlers/openid_login.rs``, ``user_from_claims``), and so counts as
+        enrolled although it has no device."""
+        with self.lock:
+            user = self._user(username)
+            user.openid = True
+            user.openid_sub = subject or f"sub-{user.id}"
+            self._touch(user)
+
+    def add_device(
+        self, username: str, name: str | None = None, *, device_type: Literal["user", "network"] = "user"
+    ) -> int:
+        """Add a device owned by ``username`` (``network`` devices are listed by ``GET /api/v1/device`` but are
+        not a user's); returns its id."""
+        with self.lock:
+            return self._add_device(self._user(username), name, device_type).id
+
+    def devices_of(self, username: str) -> list[Device]:
+        """The user's devices (user and network ones), oldest first."""
+        with self.lock:
+            return [self._devices[i] for i in self._user(username).devices]
+
+    def disable_user(self, username: str, *, by: Literal["admin", "directory_sync"] = "admin") -> None:
+        """Disable a user. An admin doing it (UI or ``PUT /api/v1/user/{username}`` with ``is_active: false``)
+        also deletes the user's API tokens for good (v1.6.6 ``handlers/user.rs`` 749-755, v2.0.1 781-787);
+        directory sync only flips the flag (their API tokens stop working, being an inactive owner's)."""
+        with self.lock:
+            user = self._user(username)
+            user.is_active = False
+            if by == "admin":
+                self._api_tokens = {h: u for h, u in self._api_tokens.items() if u != username}
+            self._touch(user)
 
     def remove_user(self, username: str) -> None:
         """Delete a user with its memberships, enrollment tokens and API tokens (they stop working)."""
@@ -1016,7 +1121,7 @@ class DefguardEmulator(EmulatorServer):
     def users(self) -> list[dict[str, Any]]:
         """Every user's ``UserInfo``, by id."""
         with self.lock:
-            return [self._user_info(self._users[name]) for name in self._order]
+            return [self._user_info(user) for user in sorted(self._users.values(), key=lambda u: u.id)]
 
     @property
     def groups(self) -> list[dict[str, Any]]:
@@ -1060,9 +1165,10 @@ class DefguardEmulator(EmulatorServer):
         with self.lock:
             return [self._tokens[token] for token in self._user(username).tokens]
 
-    def redeem(self, token: str) -> None:
+    def redeem(self, token: str, *, device: bool = True) -> None:
         """What the proxy does on ``POST /api/v1/enrollment/start`` and finishing enrollment: mark the token used;
-        for a start_enrollment token the user then has a password and is no longer pending.
+        for a start_enrollment token the user then has a password and is no longer pending. With ``device`` (the
+        desktop client's flow) the enrollment ends by adding the client's device.
 
         Raises ``ValueError`` for an unknown (or deleted), expired or already used token."""
         now = dt.datetime.now(dt.UTC)
@@ -1075,11 +1181,14 @@ class DefguardEmulator(EmulatorServer):
             if record.used_at is not None:
                 raise ValueError("token already used")
             self._tokens[token] = dataclasses.replace(record, used_at=now)
+            user = self._users[record.username]
             if record.kind == "enrollment":
-                user = self._users[record.username]
                 user.has_password = True
                 user.enrollment_pending = False
                 user.ldap_remote_enrollment_completed = True
+            if device:
+                self._add_device(user, None, "user")
+            self._touch(user)
 
     # -- state internals (callers hold the lock) -------------------------------------------------------------
 
@@ -1109,6 +1218,34 @@ class DefguardEmulator(EmulatorServer):
         if user.username not in group.members:
             group.members[user.username] = None
             user.groups.append(group.name)
+
+    def _add_device(self, user: _User, name: str | None, device_type: Literal["user", "network"]) -> Device:
+        device_id = self._next_device_id
+        self._next_device_id += 1
+        key = "".join(self._rng.choice(_ALNUM) for _ in range(43)) + "="
+        record = Device(
+            device_id,
+            name or f"{user.username}-device-{device_id}",
+            user.id,
+            user.username,
+            key,
+            dt.datetime.now(dt.UTC),
+            device_type,
+        )
+        self._devices[device_id] = record
+        user.devices.append(device_id)
+        return record
+
+    def _touch(self, user: _User) -> None:
+        """An UPDATE of the user's row: PostgreSQL writes a new row version, so an unordered scan (2.x pages use
+        LIMIT/OFFSET without ORDER BY, v2.0.1 ``handlers/user.rs`` ``list_users``) now meets it last."""
+        if user.username in self._order:
+            self._order.remove(user.username)
+            self._order.append(user.username)
+            self._shuffled = None
+
+    def _user_devices(self, user: _User) -> list[Device]:
+        return [d for d in (self._devices[i] for i in user.devices) if d.device_type == "user"]
 
     def _is_admin(self, user: _User) -> bool:
         return any(self._groups[name].is_admin for name in user.groups)
@@ -1143,7 +1280,7 @@ class DefguardEmulator(EmulatorServer):
         }
         if self.version == "2.0":
             info["name"] = f"{user.first_name} {user.last_name}"
-            info["devices"] = []
+            info["devices"] = [{**d.to_api(), "networks": []} for d in self._user_devices(user)]
         return info
 
     def _group_info(self, group: _Group, *, sort: bool) -> dict[str, Any]:
@@ -1213,6 +1350,16 @@ class DefguardEmulator(EmulatorServer):
                     return self._route(request, "group-list", {"GET": self._list_groups}, ("GET", "POST"))
                 if head == "group-info":
                     return self._route(request, "group-info", {"GET": self._group_info_list}, ("GET",))
+                if head == "info":
+                    return self._route(request, "info", {"GET": self._info}, ("GET",))
+                if head == "device":
+                    return self._route(request, "device-list", {"GET": self._list_devices}, ("GET",))
+                if head == "settings":
+                    handlers: dict[str, Handler] = {"GET": self._settings_dump} if self.version == "2.0" else {}
+                    return self._route(request, "settings", handlers, ("GET", "PUT", "PATCH"))
+            elif len(rest) == 2 and head == "support" and rest[1] == "configuration":
+                dump: dict[str, Handler] = {"GET": self._support_configuration} if self.version == "1.6" else {}
+                return self._route(request, "support-configuration", dump, ("GET",))
             elif len(rest) == 2 and rest[1]:
                 param = rest[1]
                 if head == "user":
@@ -1305,7 +1452,7 @@ class DefguardEmulator(EmulatorServer):
 
     def _authenticate(self, request: Request) -> _User:
         """Section 2: license gate, header decoding, token lookup, admin check."""
-        if not self.license_gate:
+        if not self.license_gate or self._license_lapsed():
             raise _fail(401, "Session is required")
         header = request.header("authorization")
         if header is None:
@@ -1326,6 +1473,12 @@ class DefguardEmulator(EmulatorServer):
             if not self._is_admin(owner):
                 raise _fail(403, "Token authentication is not allowed for normal users")
             return owner
+
+    def _license_lapsed(self) -> bool:
+        """2.x honours API tokens only while the (subscription) license is at most 14 days past its end (v2.0.1
+        ``crates/defguard_core/src/enterprise/license.rs`` 403-411); 1.6 has a free tier, so it is not modelled."""
+        overdue = self.license_overdue_days
+        return self.version == "2.0" and overdue is not None and overdue > _LICENSE_GRACE_DAYS
 
     def _me(self, request: Request) -> Response:
         owner = self._authenticate(request)
@@ -1374,6 +1527,8 @@ class DefguardEmulator(EmulatorServer):
         page, per_page = self._pagination(request)
         offset = ((page - 1) * per_page) & _U32  # u32 arithmetic in the server
         with self.lock:
+            if self.page_churn and self._order and self._churn_rng.random() < self.page_churn:
+                self._touch(self._users[self._churn_rng.choice(self._order)])
             order = self._user_order()
             rows = [self._user_info(self._users[name]) for name in order[offset : offset + per_page]]
             total = len(order)
@@ -1387,8 +1542,9 @@ class DefguardEmulator(EmulatorServer):
             if user is None:
                 raise _fail(404, f"user {username} not found")
             info = self._user_info(user)
+            devices = [{**d.to_api(), "networks": []} for d in self._user_devices(user)]
         if self.version == "1.6":
-            details = {"user": info, "devices": [], "biometric_enabled_devices": [], "security_keys": []}
+            details = {"user": info, "devices": devices, "biometric_enabled_devices": [], "security_keys": []}
         else:
             details = {"user": info, "biometric_enabled_devices": [], "security_keys": []}
         return Response.json(200, details)
@@ -1433,6 +1589,84 @@ class DefguardEmulator(EmulatorServer):
         with self.lock:
             groups = [self._groups[name] for name in self._listed(list(self._groups))]
             return Response.json(200, [self._group_info(group, sort=True) for group in groups])
+
+    def _info(self, request: Request) -> Response:
+        """``GET /api/v1/info`` (``crates/defguard_core/src/handlers/app_info.rs``: v1.6.6 with
+        ``license_info``, v2.0.1 without); any session, an admin's API token included."""
+        self._authenticate(request)
+        info: dict[str, Any] = {
+            "version": self.component_version.partition("+")[0],
+            "network_present": True,
+            "smtp_enabled": False,
+            "ldap_info": {"enabled": False, "ad": False},
+            "external_openid_enabled": self.openid_provider,
+        }
+        if self.version == "1.6":
+            info["license_info"] = {
+                "enterprise": True,
+                "limits_exceeded": {
+                    "user": False,
+                    "device": False,
+                    "wireguard_network": False,
+                    "network_device": False,
+                },
+                "any_limit_exceeded": False,
+                "is_enterprise_free": False,
+                "tier": "Business",
+            }
+        return Response.json(200, info)
+
+    def _list_devices(self, request: Request) -> Response:
+        """``GET /api/v1/device`` (admin): every device, network ones too, unordered, not paginated; the owner is
+        only ``user_id`` (v1.6.6 ``handlers/wireguard.rs`` 1266, v2.0.1 1261)."""
+        self._authenticate(request)
+        with self.lock:
+            devices = list(self._devices.values())
+            if self.shuffle:
+                self._rng.shuffle(devices)
+            return Response.json(200, [d.to_api() for d in devices])
+
+    def _normalised_enrollment_url(self) -> str:
+        return self._enrollment_url or self._enrollment_url_raw
+
+    def _support_configuration(self, request: Request) -> Response:
+        """1.6 ``GET /api/v1/support/configuration`` (admin; ``crates/defguard_core/src/support.rs``
+        ``dump_config``): the server config carries ``enrollment_url`` as the ``url`` crate serialises it."""
+        self._authenticate(request)
+        with self.lock:
+            users = [self._user_info(user) for user in self._users.values()]
+        # DEFGUARD_ENROLLMENT_TOKEN_TIMEOUT is #[serde(skip_serializing)] (defguard_common/src/config.rs): absent
+        config = {"enrollment_url": self._normalised_enrollment_url(), "grpc_port": 50055}
+        return Response.json(
+            200,
+            {
+                "settings": {"instance_name": "Defguard"},
+                "networks": [],
+                "version": self.component_version,
+                "devices": {},
+                "users": users,
+                "config": config,
+            },
+        )
+
+    def _settings_dump(self, request: Request) -> Response:
+        """2.x ``GET /api/v1/settings`` (admin): ``public_proxy_url`` as stored (no trailing slash added) and
+        ``enrollment_token_timeout_hours`` (v2.0.1 ``crates/defguard_common/src/db/models/settings.rs``)."""
+        self._authenticate(request)
+        hours = int(self.default_token_lifetime.total_seconds() // 3600)
+        return Response.json(
+            200,
+            {
+                "instance_name": "Defguard",
+                "defguard_url": self.base_url,
+                "public_proxy_url": self._enrollment_url_raw,
+                "enrollment_token_timeout_hours": hours,
+                "password_reset_token_timeout_hours": 24,
+                "enrollment_session_timeout_minutes": 10,
+                "openid_create_account": True,
+                "ldap_enabled": False,
+            },
+        )
 
     def _check_client_ip(self, request: Request) -> None:
         """2.x reads the client address from X-Forwarded-For / Forwarded; a malformed one is a 500."""
@@ -1504,6 +1738,7 @@ class DefguardEmulator(EmulatorServer):
                 return _DROP  # the handler panics: no answer, the connection closes
             if kind == "enrollment":
                 user.enrollment_pending = True
+                self._touch(user)
             if send and email:
                 self.mails.append(
                     {"to": email, "subject": _MAIL_SUBJECTS[kind], "username": user.username, "token": record.token}

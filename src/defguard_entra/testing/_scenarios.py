@@ -1,7 +1,10 @@
 """Seed data shared by the tests, the docs, ``demo`` and ``python -m defguard_entra.testing serve``.
 
-:func:`seed_sample_organisation` builds a small organisation in which every ``provision`` status occurs once, and
-returns what each member should end as, so tests and the demo can check the outcome rather than just print it.
+:func:`seed_sample_organisation` builds a small organisation that follows Defguard's documented Entra flow: most
+members were created by directory sync with *Prefetch users* (an OpenID subject, no password, no device: Defguard
+lists them ``enrolled``), one has enrolled a device, one has a password but no device, one was invited by hand.
+Every ``provision`` status occurs, and the scenario says what each member should end as (and with which kind of
+token), so tests and the demo can check the outcome rather than just print it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ class Scenario:
     expected: Mapping[str, str]
     entra_only: Mapping[str, str] = field(default_factory=dict)  # Entra UPN → expected status (group source entra)
     entra_ids: Mapping[str, str] = field(default_factory=dict)  # Defguard username → Entra id, where one matches
+    token_kinds: Mapping[str, str] = field(default_factory=dict)  # provisioned username → enrollment | desktop
+    kinds_of_user: Mapping[str, str] = field(default_factory=dict)  # username → how the user came to be
+
+    @property
+    def provisioned(self) -> tuple[str, ...]:
+        """The members ``provision`` should give a token, sorted."""
+        return tuple(sorted(name for name, status in self.expected.items() if status == "provisioned"))
 
 
 def seed_sample_organisation(
@@ -38,41 +48,48 @@ def seed_sample_organisation(
 ) -> Scenario:
     """Seed both emulators with one member per outcome; the same group exists in Defguard and in Entra."""
     graph.define_attribute_set(attribute_set)
+    synced = {"synced": True}  # created by directory sync: OpenID subject = the Entra object id, no password
     people: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = [
         # username, Defguard fields, Entra user (None: not in Entra), expected status
         (
             "alice",
-            {"email": "alice@example.com", "first_name": "Alice", "last_name": "Smith"},
+            {"email": "alice@example.com", "first_name": "Alice", "last_name": "Smith", **synced},
             {"upn": "alice@example.com", "mail": "alice@example.com"},
             "provisioned",
         ),
         (
             "oneil",
-            {"email": "o'neil@example.com", "first_name": "Seán", "last_name": "O'Neil"},
+            {"email": "o'neil@example.com", "first_name": "Seán", "last_name": "O'Neil", **synced},
             {"upn": "sean.oneil@example.com", "mail": "o'neil@example.com"},
             "provisioned",
         ),
         (
             "grace",
-            {"email": "grace@example.com", "first_name": "Grace"},
+            {"email": "grace@example.com", "first_name": "Grace", **synced},
             {"upn": "grace@example.com", "mail": None},
             "provisioned",
         ),
         (
-            "heidi",
+            "heidi",  # invited by hand: no password, no OpenID subject
             {"email": "heidi.old@example.com", "first_name": "Heidi"},
             {"upn": "heidi@example.com", "mail": "heidi@example.com", "other_mails": ["heidi.old@example.com"]},
             "provisioned",
         ),
         (
-            "bob",
-            {"email": "bob@example.com", "first_name": "Bob", "enrolled": True},
+            "peggy",  # set a password in the web UI, never installed the client
+            {"email": "peggy@example.com", "first_name": "Peggy", "enrolled": True},
+            {"upn": "peggy@example.com", "mail": "peggy@example.com"},
+            "provisioned",
+        ),
+        (
+            "bob",  # synced, and enrolled a device with the desktop client
+            {"email": "bob@example.com", "first_name": "Bob", "devices": 1, **synced},
             {"upn": "bob@example.com", "mail": "bob@example.com"},
             "already_enrolled",
         ),
         (
             "carol",
-            {"email": "carol@example.com", "first_name": "Carol", "active": False},
+            {"email": "carol@example.com", "first_name": "Carol", "active": False, **synced},
             {"upn": "carol@example.com", "mail": "carol@example.com"},
             "disabled",
         ),
@@ -85,7 +102,7 @@ def seed_sample_organisation(
         ("erin", {"email": "erin@example.com", "first_name": "Erin"}, None, "not_found"),
         (
             "frank",
-            {"email": "frank@example.com", "first_name": "Frank"},
+            {"email": "frank@example.com", "first_name": "Frank", **synced},
             {"upn": "frank@example.com", "mail": "frank@example.com"},
             "ambiguous",
         ),
@@ -94,10 +111,10 @@ def seed_sample_organisation(
     entra_members: list[str] = []
     entra_ids: dict[str, str] = {}
     expected: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for username, fields, entra, status in people:
-        defguard.add_user(username, **fields)
-        members.append(username)
-        expected[username] = status
+        entra_id = None
         if entra is not None:
             entra_id = graph.add_user(
                 entra["upn"],
@@ -107,6 +124,15 @@ def seed_sample_organisation(
             )
             entra_members.append(entra_id)
             entra_ids[username] = entra_id
+        options = dict(fields)
+        if options.pop("synced", False):
+            options["openid_sub"] = entra_id or f"synced-{username}"
+        defguard.add_user(username, **options)
+        members.append(username)
+        expected[username] = status
+        origins[username] = _origin(options)
+        if status == "provisioned":
+            kinds[username] = _first_token_kind(options, defguard.version)
     # a second Entra user with frank's address: the lookup must not guess
     graph.add_user("frank.jones@example.com", mail="frank@example.com", display_name="Frank Jones")
     # in the Entra group only: nobody in Defguard has this address
@@ -115,8 +141,31 @@ def seed_sample_organisation(
     defguard.add_group(group, members)
     graph.add_group(group, entra_members)
     return Scenario(
-        group=group, expected=expected, entra_only={"ivan@example.com": "not_in_defguard"}, entra_ids=entra_ids
+        group=group,
+        expected=expected,
+        entra_only={"ivan@example.com": "not_in_defguard"},
+        entra_ids=entra_ids,
+        token_kinds=kinds,
+        kinds_of_user=origins,
     )
+
+
+def _origin(fields: Mapping[str, Any]) -> str:
+    if fields.get("devices"):
+        return "has a device"
+    if fields.get("openid_sub"):
+        return "created by directory sync (no password, no device)"
+    if fields.get("enrolled"):
+        return "has a password, no device"
+    return "invited by hand (no password, no device)"
+
+
+def _first_token_kind(fields: Mapping[str, Any], version: str) -> str:
+    """What ``--enrolled auto`` mints: 2.x refuses enrollment for any user it counts activated (password or OpenID
+    subject), 1.6 only for a user with a password; both then take a desktop-activation token."""
+    if fields.get("enrolled") or (version != "1.6" and fields.get("openid_sub")):
+        return "desktop"
+    return "enrollment"
 
 
 def environment(defguard: DefguardEmulator, graph: GraphEmulator) -> dict[str, str]:
