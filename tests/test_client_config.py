@@ -48,7 +48,11 @@ def _mode(path: Path) -> int:
     ("platform", "environ", "expected"),
     [
         ("win32", {"APPDATA": "{tmp}/Roaming", "HOME": "{tmp}/ignored"}, "Roaming/net.defguard/provisioning.json"),
-        ("darwin", {"HOME": "{tmp}/alice"}, "alice/Library/Application Support/net.defguard/provisioning.json"),
+        (  # sandboxed: inside the app's container (DefGuard/client src-tauri/Client.entitlements)
+            "darwin",
+            {"HOME": "{tmp}/alice"},
+            "alice/Library/Containers/net.defguard/Data/Library/Application Support/net.defguard/provisioning.json",
+        ),
         ("linux", {"HOME": "{tmp}/alice"}, "alice/.local/share/net.defguard/provisioning.json"),
         ("linux", {"HOME": "{tmp}/alice", "XDG_DATA_HOME": "{tmp}/xdg"}, "xdg/net.defguard/provisioning.json"),
         (  # a relative XDG_DATA_HOME is ignored, as the client's `dirs` crate does

@@ -110,8 +110,10 @@ def client_data_dir(platform: str, environ: Mapping[str, str]) -> Path:
     """The desktop client's data directory (``dirs::data_dir()`` + ``net.defguard``) for ``platform``.
 
     ``platform`` is a :data:`sys.platform` value and ``environ`` the environment to resolve it in (the CLI passes
-    ``sys.platform`` and ``os.environ``). Windows: ``%APPDATA%\\net.defguard``; macOS:
-    ``~/Library/Application Support/net.defguard``; Linux and other Unixes: ``$XDG_DATA_HOME/net.defguard``
+    ``sys.platform`` and ``os.environ``). Windows: ``%APPDATA%\\net.defguard``; macOS (the client is sandboxed, so
+    its data directory is inside its container, ``src-tauri/Client.entitlements``):
+    ``~/Library/Containers/net.defguard/Data/Library/Application Support/net.defguard``;
+    Linux and other Unixes: ``$XDG_DATA_HOME/net.defguard``
     (``~/.local/share`` when unset or not absolute, as ``dirs`` does). Raises :class:`ConfigurationError` when the
     variables it needs are missing, and when the directory would belong to ``SYSTEM`` or ``root`` rather than to a
     desktop user (the installer-context trap of the PowerShell script).
@@ -131,7 +133,8 @@ def client_data_dir(platform: str, environ: Mapping[str, str]) -> Path:
             )
         return Path(appdata) / CLIENT_IDENTIFIER
     if platform == "darwin":
-        return _home(platform, environ) / "Library" / "Application Support" / CLIENT_IDENTIFIER
+        container = _home(platform, environ) / "Library" / "Containers" / CLIENT_IDENTIFIER / "Data"
+        return container / "Library" / "Application Support" / CLIENT_IDENTIFIER
     xdg = environ.get("XDG_DATA_HOME", "").strip()
     if xdg and PurePosixPath(xdg).is_absolute():
         return Path(xdg) / CLIENT_IDENTIFIER
