@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from defguard_entra.testing import DefguardEmulator, GraphEmulator, environment
+from defguard_entra.testing import DefguardEmulator, Faults, GraphEmulator, environment
 from helpers import Org, run_cli
 
 URL = "https://enroll.example.com/"
@@ -80,7 +80,7 @@ def test_export_after_provision(org: Org, tmp_path: Path) -> None:
         assert secret not in result.stdout + result.stderr
         assert secret not in (out / "manifest.json").read_text() + (out / "manifest.csv").read_text()
     assert org.defguard.issued_count == len(org.scenario.provisioned)  # export itself mints nothing
-    assert org.graph.write_count == len(org.scenario.provisioned)
+    assert org.graph.write_count == len(org.scenario.provisioned) + 1  # and the write probe, which changes nothing
 
 
 def test_export_with_provision_and_deep_links_in_one_run(org: Org, tmp_path: Path) -> None:
@@ -190,10 +190,11 @@ def test_failed_provision_write_is_not_exported(org: Org, tmp_path: Path) -> Non
     """Provision cancels the old token in Defguard even when the Graph write then fails: the stored one is dead."""
     alice = org.scenario.entra_ids["alice"]
     org.graph.set_attributes(alice, "Defguard", {"EnrollmentToken": "D" * 32, "EnrollmentUrl": URL})
-    env = {**org.env, "DEFGUARD_ENTRA_GRAPH_TOKEN": org.graph.add_principal("reader", write_attributes=False)}
+    env = org.env
+    org.graph.item_faults = Faults(rates={503: 1.0}, endpoints={"user-patch"})  # every write fails
     out = tmp_path / "out"
     argv = ["export", "--group-name", org.scenario.group, "--output-dir", str(out), "--provision", "--no-progress"]
-    result = run_cli(argv, env)
+    result = run_cli([*argv, "--retries", "0"], env)
     assert result.code == 1
     member = next(m for m in _manifest(out)["members"] if m["username"] == "alice")
     assert member["status"] == "failed"

@@ -33,6 +33,7 @@ from defguard_entra import (
     Outcome,
     ProvisioningService,
     Report,
+    Secret,
     Settings,
     Status,
 )
@@ -124,7 +125,9 @@ def test_entra_client_inside_a_running_event_loop(sample: Sample) -> None:
         return entra.read_attributes("Defguard", [alice])[alice]
 
     with EntraClient.from_settings(sample.settings) as entra:
-        assert asyncio.run(cell(entra)) == {"EnrollmentToken": "t0ken", "EnrollmentUrl": "https://e.example"}
+        values = asyncio.run(cell(entra))
+        assert values == {"EnrollmentToken": Secret("t0ken"), "EnrollmentUrl": "https://e.example"}
+        assert "t0ken" not in repr(values) + str(values)  # print() in a notebook shows no stored token
         assert asyncio.run(cell(entra)) is not None  # a second loop, the same client
         assert entra.read_attributes("Defguard", [alice])[alice] is not None  # and outside any loop again
 

@@ -132,6 +132,7 @@ LAYERS = {
     "_plan": 4,
     "_loop": 4,
     "_checks": 4,
+    "_journal": 4,
     "_service": 5,
     "_client_config": 5,
     "_render": 6,

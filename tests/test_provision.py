@@ -269,17 +269,16 @@ def test_enrollment_url_too_long_is_refused_before_any_token(org: Org, tmp_path)
     assert all(not org.graph.attributes(i) for i in org.scenario.entra_ids.values())
 
 
-def test_write_refused_names_the_token_unusable(org: Org, tmp_path) -> None:
+def test_write_refused_stops_before_any_token(org: Org, tmp_path) -> None:
+    """A sign-in that may read but not write: the write probe is refused before the first mint (exit 3)."""
     env = org.env
     env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = org.graph.add_principal("reader", write_attributes=False)
     path = tmp_path / "r.json"
     result = run_cli(["--group-name", org.scenario.group, "--report", str(path)], env)
-    assert result.code == 1
-    alice = next(u for u in json.loads(path.read_text())["users"] if u["username"] == "alice")
-    assert alice["status"] == "failed"
-    assert "403" in alice["error"]
-    assert "unusable" in alice["error"]
-    assert alice["enrollment_token"] is None
+    assert result.code == 3
+    assert "403" in result.stderr
+    assert org.defguard.issued_count == 0
+    assert json.loads(path.read_text())["users"] == []
 
 
 @pytest.mark.parametrize(

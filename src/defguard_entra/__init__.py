@@ -25,6 +25,7 @@ from .exceptions import (
     EntraAuthError,
     EntraError,
     PreflightError,
+    ServiceStateError,
     UnexpectedResponseError,
 )
 from .models import (
@@ -100,6 +101,7 @@ __all__ = [
     "Report",
     "RetryPolicy",
     "Secret",
+    "ServiceStateError",
     "Settings",
     "Status",
     "TokenKind",

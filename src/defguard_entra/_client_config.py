@@ -158,6 +158,8 @@ def config_from_attributes(values: Mapping[str, Any] | None, attribute_set: str)
     """
     raw_url = values.get(ATTRIBUTE_URL) if values else None
     raw_token = values.get(ATTRIBUTE_TOKEN) if values else None
+    if isinstance(raw_token, Secret):
+        raw_token = raw_token.value
     url = raw_url.strip() if isinstance(raw_url, str) else ""
     token = raw_token.strip() if isinstance(raw_token, str) else ""
     where = f"attribute set {attribute_set!r}"

@@ -36,7 +36,7 @@ from ._plan import chunked
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, BATCH_LIMIT, GraphSettings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
-from .models import EntraUser, MatchedBy
+from .models import EntraUser, MatchedBy, Secret
 
 __all__ = ["AsyncEntraClient", "AttributeSetCheck", "Match", "WriteResult"]
 
@@ -660,10 +660,15 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
 
 
 def _attribute_values(body: Mapping[str, Any], set_name: str) -> dict[str, Any] | None:
+    """The set's values, the stored enrollment token as a :class:`Secret` (so that ``print()`` in a notebook, a
+    ``repr`` or a log line never shows it)."""
     attributes = body.get("customSecurityAttributes")
     if not isinstance(attributes, dict):
         return None
     values = attributes.get(set_name)
     if not isinstance(values, dict):
         return None
-    return {k: v for k, v in values.items() if not k.startswith("@") and v is not None} or None
+    out = {k: v for k, v in values.items() if not k.startswith("@") and v is not None}
+    if isinstance(out.get(ATTRIBUTE_TOKEN), str):
+        out[ATTRIBUTE_TOKEN] = Secret(out[ATTRIBUTE_TOKEN])
+    return out or None

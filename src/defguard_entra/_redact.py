@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
-__all__ = ["RedactingFilter"]
+__all__ = ["RedactingFilter", "secrets_in_argv"]
 
 _PATTERNS = (
     re.compile(r"\bdg-[A-Za-z0-9]{32}\b"),  # Defguard API tokens
@@ -15,6 +17,59 @@ _PATTERNS = (
     re.compile(r"\b[A-Za-z0-9]{32}\b"),  # Defguard enrollment tokens (32 alphanumerics)
     re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWT access tokens
 )
+
+
+#: An option whose name, lower-cased without ``-`` and ``_``, ends like this carries a secret: ``--api-token``,
+#: ``-ApiToken:…``, ``--graph-token``, ``--client-secret``, ``--password`` (``--api-token-file`` and
+#: ``--enrollment-token-expiration-time`` do not end so).
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd", "pwd", "key", "credential", "credentials", "bearer")
+_OPTION = re.compile(r"(-{1,2})([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?", re.DOTALL)
+_RANDOM_CHARS = re.compile(r"[A-Za-z0-9+/=_\-.~]+")
+_PATH_LIKE = re.compile(r"[/~.]|[A-Za-z]:[/\\]|.*/.*\.[A-Za-z0-9]{1,5}$")  # absolute, home, relative, a file
+#: Secrets shorter than this are masked only as whole words (a 3-letter password must not mangle every message).
+_SUBSTRING_MIN = 8
+_WORD_MIN = 3
+
+
+def _ends_secret(name: str) -> bool:
+    key = name.lower().replace("-", "").replace("_", "")
+    return key.endswith(_SECRET_ENDINGS)
+
+
+def _looks_random(word: str) -> bool:
+    """Long, token alphabet only, letters and digits mixed, and high entropy: an API key or bearer token pasted in
+    the wrong place (paths, URLs and names do not qualify)."""
+    if len(word) < 20 or "://" in word or not _RANDOM_CHARS.fullmatch(word) or _PATH_LIKE.match(word):
+        return False
+    if not (any(c.isdigit() for c in word) and any(c.isalpha() for c in word)):
+        return False
+    counts = Counter(word)
+    entropy = -sum(n / len(word) * math.log2(n / len(word)) for n in counts.values())
+    return entropy >= 3.5  # bits per character; English words and paths stay below
+
+
+def secrets_in_argv(argv: Sequence[str], *, shaped: bool = False) -> list[str]:
+    """Values on a command line that must never be echoed, for :meth:`RedactingFilter.add`.
+
+    Always the value following, or attached to (``=``, ``:``), an option whose name says it is a secret (``api-token``,
+    ``apitoken``, ``graph-token``, ``token``, ``secret``, ``password``, ``client-secret``, any case, one or two
+    dashes). With ``shaped``: also every word, or value attached to an option, that looks like a token (long, mixed
+    and random); meant for usage errors, which echo the words argparse could not place.
+    """
+    found: list[str] = []
+    words = list(argv)
+    for index, word in enumerate(words):
+        match = _OPTION.fullmatch(word)
+        if match is not None and _ends_secret(match[2]):
+            if match[3] is not None:
+                found.append(match[3])
+            elif index + 1 < len(words) and not _OPTION.fullmatch(words[index + 1]):
+                found.append(words[index + 1])
+        if shaped:
+            value = match[3] if match is not None and match[3] is not None else word
+            if _looks_random(value):
+                found.append(value)
+    return [s for s in found if len(s.strip()) >= _WORD_MIN]
 
 
 class RedactingFilter(logging.Filter):
@@ -27,18 +82,29 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._secrets: set[str] = {s for s in secrets if len(s) >= 8}
+        self._secrets: set[str] = set()
+        self._words: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
 
     def add(self, secret: str) -> None:
-        if len(secret) >= 8:
-            with self._lock:
+        """Mask ``secret`` from now on: anywhere when it has 8 characters or more, as a whole word when shorter
+        (down to 3; shorter values are not masked)."""
+        secret = secret.strip()
+        with self._lock:
+            if len(secret) >= _SUBSTRING_MIN:
                 self._secrets.add(secret)
+            elif len(secret) >= _WORD_MIN:
+                self._words.add(secret)
 
     def redact(self, text: str) -> str:
         with self._lock:
             secrets = sorted(self._secrets, key=len, reverse=True)
+            words = sorted(self._words, key=len, reverse=True)
         for secret in secrets:
             text = text.replace(secret, "***")
+        for word in words:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", "***", text)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: (m.group(1) if m.re.groups else "") + "***", text)
         return text

@@ -46,11 +46,13 @@ def report_chunks(report: Report, fmt: str, *, reveal_tokens: bool = False) -> I
     if fmt != "json":
         yield from csv_chunks(OUTCOME_FIELDS, users)
         return
-    head = json.dumps(report.to_dict(reveal_tokens=reveal_tokens, include_users=False), indent=2, ensure_ascii=False)
+    head = json.dumps(
+        report.to_dict(reveal_tokens=reveal_tokens, include_users=False), indent=2, ensure_ascii=False, allow_nan=False
+    )
     yield (head[: -len("\n}")] + ',\n  "users": [').encode("utf-8")
     separator = "\n    "
     for n, user in enumerate(users):
-        item = json.dumps(user, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        item = json.dumps(user, indent=2, ensure_ascii=False, allow_nan=False).replace("\n", "\n    ")
         yield (("," if n else "") + separator + item).encode("utf-8")
     yield ("\n  ]\n}\n" if report.outcomes else "]\n}\n").encode("utf-8")
 

@@ -7,12 +7,19 @@ a server's ``Retry-After`` (integer, decimal or HTTP-date) or Defguard 2.x's ``W
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from email.utils import parsedate_to_datetime
 from typing import Any, Self
 
 import attrs
 
 __all__ = ["RetryPolicy", "Retryable", "backoff_hook", "parse_retry_after"]
+
+# The library never prints: stamina logs a warning per retry to the "stamina" logger, which Python's last-resort
+# handler would print to stderr when the application has configured no logging. A NullHandler (the documented
+# practice for libraries) keeps them in logging only; an application's own handlers still receive them.
+logging.getLogger("stamina").addHandler(logging.NullHandler())
+logging.getLogger("defguard_entra").addHandler(logging.NullHandler())
 
 
 def _at_least_one(value: int) -> int:

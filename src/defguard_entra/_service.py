@@ -15,13 +15,14 @@ Order of work in :meth:`ProvisioningService.aprovision` (the scripts' weaknesses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import attrs
@@ -37,6 +38,7 @@ from ._checks import (
     principal_from_claims,
     read_users_item,
 )
+from ._journal import Journal, RunLock, run_key
 from ._loop import LoopThread
 from ._plan import (
     ENROLLED_POLICIES,
@@ -72,6 +74,7 @@ from .exceptions import (
     EntraAuthError,
     EntraError,
     PreflightError,
+    ServiceStateError,
 )
 from .models import (
     CheckItem,
@@ -80,6 +83,7 @@ from .models import (
     DefguardDeployment,
     DefguardServer,
     DefguardUser,
+    EntraUser,
     IssuedToken,
     Outcome,
     ProvisioningConfig,
@@ -125,6 +129,8 @@ class _Abort(Exception):  # noqa: N818 - internal: stop minting, settle the rest
 #: Server errors (5xx) in a row that stop minting: before the first token was minted, and after.
 _FAULTS_BEFORE_FIRST_TOKEN = 3
 _FAULTS_IN_A_ROW = 8
+#: Batches minted and not yet stored at any moment: the most an abnormal end can leave stale.
+_BATCHES_IN_FLIGHT = 2
 #: Group members missing from the user list that are looked up one by one before they are reported.
 _MISSING_LOOKUPS = 100
 
@@ -166,9 +172,13 @@ class ProvisioningService:
         attribute_set: str = DEFAULT_ATTRIBUTE_SET,
         concurrency: int = 16,
         owns_clients: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
         self.defguard = defguard
         self.entra = entra
+        self.state_dir = state_dir
+        """Where the journal of tokens in flight and the run lock live (per Defguard instance and group); ``None``
+        turns both off (see :mod:`defguard_entra._journal`)."""
         self.attribute_set = attribute_set
         self.concurrency = max(1, concurrency)
         self._owns = owns_clients
@@ -176,6 +186,7 @@ class ProvisioningService:
         self._runner: LoopThread | None = None
         self._runner_lock = threading.Lock()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_settings(
@@ -185,6 +196,7 @@ class ProvisioningService:
         credential: Any = None,
         prompt: Callable[[str], None] | None = None,
         delegated_scopes: Sequence[str] = PROVISION_SCOPES,
+        state_dir: Path | None = None,
     ) -> Self:
         """Wire real clients from :class:`Settings` (the only place that does). ``credential`` overrides sign-in."""
         from ._credentials import build_credential, graph_scopes  # noqa: PLC0415 - heavy, only when used
@@ -213,7 +225,12 @@ class ProvisioningService:
             owns_credential=credential is None,
         )
         return cls(
-            defguard, entra, attribute_set=settings.attribute_set, concurrency=settings.concurrency, owns_clients=True
+            defguard,
+            entra,
+            attribute_set=settings.attribute_set,
+            concurrency=settings.concurrency,
+            owns_clients=True,
+            state_dir=state_dir,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -222,8 +239,8 @@ class ProvisioningService:
         with self._runner_lock:
             if self._closed:  # e.g. after ``async with``: no new loop thread that nobody would stop
                 coro.close()
-                msg = "this ProvisioningService is closed"
-                raise RuntimeError(msg)
+                msg = "this ProvisioningService is closed: create a new one (or use it inside one with-block)"
+                raise ServiceStateError(msg)
             if self._runner is None:
                 self._runner = LoopThread()
         return self._runner.run(coro)
@@ -258,9 +275,45 @@ class ProvisioningService:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def _bind(self) -> None:
+        """Tie the service to the event loop of its first call: its Graph client lives on that loop, so a call from
+        another one (the async forms after the sync ones, or the reverse) would fail deep inside the HTTP stack."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            msg = "this ProvisioningService is closed: create a new one (or use it inside one with-block)"
+            raise ServiceStateError(msg)
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            msg = (
+                "this ProvisioningService was first used from another event loop: use one style per service, the "
+                "sync forms (provision, status, …) or the async ones (aprovision, astatus, …) on one loop; create "
+                "a new service for the other"
+            )
+            raise ServiceStateError(msg)
+
     async def _dg(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking Defguard call on the pooled worker threads."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @contextlib.contextmanager
+    def _guard(
+        self, group_name: str, group_source: str, *, write: bool
+    ) -> Iterator[tuple[Journal | None, frozenset[str]]]:
+        """The run lock and the journal for a run that may mint or clear (``write``), or only the stale members
+        for one that reads; nothing without a :attr:`state_dir`."""
+        if self.state_dir is None:
+            yield None, frozenset()
+            return
+        key = run_key(self.defguard.url, group_source, group_name)
+        if not write:
+            yield None, Journal.peek(self.state_dir, key)
+            return
+        with (
+            RunLock(self.state_dir, key, what=f"group {group_name!r} of {self.defguard.url}"),
+            Journal(self.state_dir, key, group_name=group_name, defguard_url=self.defguard.url) as journal,
+        ):
+            yield journal, journal.stale
 
     # -- provision -------------------------------------------------------------------------------------------
 
@@ -308,11 +361,39 @@ class ProvisioningService:
         Raises (before any token is minted) :class:`PreflightError`, :class:`DefguardError` or
         :class:`EntraError` when the run cannot start. Per-member problems are outcomes, not exceptions.
         """
-        if not group_name.strip():
-            raise ConfigurationError("--group-name is empty: give the name of the group to provision")
-        if group_source not in {"defguard", "entra"}:
-            raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+        self._bind()
+        _check_group_args(group_name, group_source)
         _check_enrolled(enrolled)
+        lifetime = _checked_lifetime(lifetime)
+        progress = _guarded_progress(progress)
+        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
+            return await self._provision(
+                group_name,
+                group_source=group_source,
+                lifetime=lifetime,
+                enrolled=enrolled,
+                dry_run=dry_run,
+                only_missing=only_missing,
+                progress=progress,
+                stop=stop,
+                journal=journal,
+                stale=stale,
+            )
+
+    async def _provision(
+        self,
+        group_name: str,
+        *,
+        group_source: str,
+        lifetime: dt.timedelta | None,
+        enrolled: EnrolledPolicy,
+        dry_run: bool,
+        only_missing: bool,
+        progress: Progress | None,
+        stop: threading.Event | None,
+        journal: Journal | None,
+        stale: frozenset[str],
+    ) -> Report:
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
@@ -328,16 +409,28 @@ class ProvisioningService:
         detect_shared_entra_users(members)
         todo = [m for m in members if m.status is None]
         if todo and only_missing:
-            await self._skip_existing(todo)
+            await self._skip_existing([m for m in todo if m.username not in stale])
             todo = [m for m in todo if m.status is None]
+        repaired = [m for m in todo if m.username in stale]
+        if repaired:
+            todo.sort(key=lambda m: m.username not in stale)  # the stale first: their stored token may be dead
+            notes.append(
+                f"{len(repaired)} member{'s' if len(repaired) != 1 else ''} had a token minted by an earlier run that "
+                "did not finish (the token stored in Entra may be dead): given new tokens first"
+            )
+        if journal is not None:  # stale members who enrolled since need nothing more
+            journal.done(m.username for m in members if m.username and m.status is Status.ALREADY_ENROLLED)
         tokens: dict[int, IssuedToken] = {}
         fatal: str | None = None
         interrupted = False
         if dry_run:
+            if todo:  # the probe's read, so that a dry run reads exactly what the real run reads
+                await self._probe_write(todo[0], notes, write=False)
             for m in todo:
                 m.settle(Status.PLANNED)
         elif todo:
-            fatal, interrupted = await self._mint_and_write(todo, lifetime, tokens, progress, stop)
+            await self._probe_write(todo[0], notes)
+            fatal, interrupted = await self._mint_and_write(todo, lifetime, tokens, progress, stop, journal=journal)
         clock.mark("write")
         log.info("minted and stored %d tokens (%.2fs)", len(tokens), (_now() - started).total_seconds())
         desktop = sum(1 for m in members if m.kind is TokenKind.DESKTOP and id(m) in tokens)
@@ -484,6 +577,29 @@ class ProvisioningService:
             if values and values.get(ATTRIBUTE_TOKEN) and values.get(ATTRIBUTE_URL):
                 member.settle(Status.EXISTING)
 
+    async def _probe_write(self, member: Member, notes: list[str], *, write: bool = True) -> None:
+        """Prove, before the first token is minted, that this sign-in may write the attribute set, with a write that
+        changes nothing: the member's current values written back, or (when nothing is stored or readable) the set
+        with no attribute named. A refusal (401/403) stops the run here, nothing minted."""
+        assert member.entra is not None
+        entra_id = member.entra.id
+        stored = (await self.entra.read_attributes(self.attribute_set, [entra_id])).get(entra_id) or {}
+        plain = {k: _plain(v) for k, v in stored.items() if k in {ATTRIBUTE_TOKEN, ATTRIBUTE_URL}}
+        same: dict[str, str | None] = {k: v for k, v in plain.items() if isinstance(v, str)}
+        if not write:
+            return
+        result = (await self.entra.write_attributes(self.attribute_set, {entra_id: same}))[entra_id]
+        if result.ok:
+            return
+        if result.status in {401, 403}:
+            raise PreflightError(
+                f"Graph refused to write attribute set {self.attribute_set!r} ({result.error}): grant "
+                f"{WRITE_ATTRIBUTES.needs()}; no token was minted"
+            )
+        note = f"write permission could not be proven with a write that changes nothing ({result.error}): not verified"
+        log.warning("%s", note)
+        notes.append(note)
+
     async def _mint_and_write(
         self,
         todo: list[Member],
@@ -491,6 +607,8 @@ class ProvisioningService:
         tokens: dict[int, IssuedToken],
         progress: Progress | None,
         stop: threading.Event | None,
+        *,
+        journal: Journal | None = None,
     ) -> tuple[str | None, bool]:
         total = len(todo)
         done = 0
@@ -507,7 +625,7 @@ class ProvisioningService:
                         m.settle(Status.FAILED, f"not attempted: {abort[0]}")
             else:
                 try:
-                    await self._chunk(chunk, lifetime, tokens, breaker)
+                    await self._chunk(chunk, lifetime, tokens, breaker, journal)
                 except _Abort as exc:
                     abort.append(str(exc))
             done += len(chunk)
@@ -532,9 +650,9 @@ class ProvisioningService:
                 for m in todo[start:]:
                     m.settle(Status.FAILED, "not attempted: Defguard's enrollment URL cannot work (see the error)")
                 return problem, False
-        # Enough chunks in flight that minting never waits for a write to finish (2 per batch of concurrency).
-        parallel = min(16, 2 + 2 * math.ceil(self.concurrency / BATCH_LIMIT))
-        gate = asyncio.Semaphore(parallel)
+        # Two batches in flight: one minting while the other is written. That bounds the tokens minted and not yet
+        # stored (the journal's window) to two batches whatever happens to the run.
+        gate = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
 
         async def gated(chunk: Sequence[Member]) -> None:
             async with gate:
@@ -581,6 +699,22 @@ class ProvisioningService:
         lifetime: dt.timedelta | None,
         tokens: dict[int, IssuedToken],
         breaker: _Breaker,
+        journal: Journal | None = None,
+    ) -> None:
+        if journal is not None:
+            journal.minting(m.username for m in chunk if m.username)
+        try:
+            await self._mint_and_store(chunk, lifetime, tokens, breaker)
+        finally:
+            if journal is not None:  # what is confirmed stored, or surely not minted; the rest stays stale
+                journal.done(m.username for m in chunk if m.username and _settled_safely(m, id(m) in tokens))
+
+    async def _mint_and_store(
+        self,
+        chunk: Sequence[Member],
+        lifetime: dt.timedelta | None,
+        tokens: dict[int, IssuedToken],
+        breaker: _Breaker,
     ) -> None:
         minted = await asyncio.gather(*(self._mint(m, lifetime, breaker) for m in chunk), return_exceptions=True)
         to_write: dict[str, Mapping[str, str | None]] = {}
@@ -615,6 +749,9 @@ class ProvisioningService:
                     member.settle(Status.FAILED, _unusable(f"Graph write failed: {written.error}"))
                 if written.retries:
                     tokens[id(member)] = _with_retries(tokens[id(member)], written.retries)
+            refused = [r for r in results.values() if not r.ok and r.status in {401, 403}]
+            if refused and len(refused) == len(results):  # systematic: the sign-in, not the members
+                abort = abort or _Abort(f"Graph refused every write of a batch ({refused[0].error})")
         if abort is not None:
             for member in chunk:
                 if member.status is None:
@@ -677,17 +814,22 @@ class ProvisioningService:
 
         .. versionadded:: 0.1.0
         """
+        self._bind()
         _check_group_args(group_name, group_source)
         _check_enrolled(enrolled)
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {}
-        version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
+        with self._guard(group_name, group_source, write=False) as (_, stale):
+            version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
         line = DefguardServer(version).major
         for member in members:
             if member.status is None:
                 member.kind, why = _would_mint(member, enrolled, line)
-                member.settle(_stored_status(stored.get(id(member))), why)
+                if member.username in stale and not (member.defguard and _has_device(member.defguard)):
+                    member.settle(Status.STALE, _STALE_REASON)
+                else:
+                    member.settle(_stored_status(stored.get(id(member))), why)
         self._note_unreadable(stored, notes)
         return self._report(
             "status",
@@ -746,10 +888,31 @@ class ProvisioningService:
 
         .. versionadded:: 0.1.0
         """
+        self._bind()
         _check_group_args(group_name, group_source)
         started = _now()
         notes: list[str] = []
         audit: dict[str, Any] = {"options": {"all": all_members, "dry_run": dry_run}}
+        progress = _guarded_progress(progress)
+        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
+            return await self._clear(
+                group_name, group_source, all_members, dry_run, progress, stop, journal, stale, notes, audit, started
+            )
+
+    async def _clear(  # noqa: PLR0917 - the steps of aclear inside its run guard
+        self,
+        group_name: str,
+        group_source: str,
+        all_members: bool,
+        dry_run: bool,
+        progress: Progress | None,
+        stop: threading.Event | None,
+        journal: Journal | None,
+        stale: frozenset[str],
+        notes: list[str],
+        audit: dict[str, Any],
+        started: dt.datetime,
+    ) -> Report:
         version, members, stored = await self._members_with_values(group_name, group_source, notes, audit, stop)
         todo: list[Member] = []
         for member in members:
@@ -759,10 +922,14 @@ class ProvisioningService:
                 continue
             if not stored.get(id(member)):
                 member.settle(Status.NOT_SET)
-            elif all_members or (member.defguard is not None and _has_device(member.defguard)):
+            elif all_members or (
+                member.defguard is not None and (_has_device(member.defguard) or not member.defguard.active)
+            ):  # the token did its job, or its owner is offboarded: it has no business staying in Entra
                 todo.append(member)
             elif member.defguard is None:
                 member.settle(Status.KEPT, "no Defguard user has this member's addresses (--all clears it)")
+            elif member.username in stale:
+                member.settle(Status.STALE, _STALE_REASON)
             else:
                 member.settle(
                     Status.KEPT, "no device in Defguard yet: the stored token may still be needed (--all clears it)"
@@ -773,6 +940,8 @@ class ProvisioningService:
                 member.settle(Status.PLANNED)
         elif todo:
             await self._clear_stored(todo, progress, stop)
+        if journal is not None:  # a cleared member holds nothing that could be dead
+            journal.done(m.username for m in members if m.username and m.status is Status.CLEARED)
         clock.mark("write")
         self._note_unreadable(stored, notes)
         return self._report(
@@ -789,25 +958,31 @@ class ProvisioningService:
             dry_run=dry_run,
         )
 
-    def check(self, group_name: str, *, group_source: str = "defguard") -> Checklist:
+    def check(self, group_name: str, *, group_source: str = "defguard", probe_write: bool = False) -> Checklist:
         """Sync form of :meth:`acheck`."""
-        result: Checklist = self._run(self.acheck(group_name, group_source=group_source))
+        result: Checklist = self._run(self.acheck(group_name, group_source=group_source, probe_write=probe_write))
         return result
 
-    async def acheck(self, group_name: str, *, group_source: str = "defguard") -> Checklist:
+    async def acheck(self, group_name: str, *, group_source: str = "defguard", probe_write: bool = False) -> Checklist:
         """Check a setup end to end without changing anything; every failing line carries a fix hint.
 
         Defguard: reachable (and its version), the API token honoured (license gate), valid and an admin's, the
-        group found. Graph: sign-in and who it is, permission to read users, the attribute set and both attributes
-        (single-valued String, free-form, Available), and the permissions to write and read them, judged from the
-        token's claims where it has any (see :mod:`defguard_entra._checks`): no PATCH is ever sent.
+        group found, its enrollment URL. Graph: sign-in and who it is, permission to read users, the attribute set
+        and both attributes (single-valued String, free-form, Available), and the permissions to write and read
+        them, judged from the token's claims where it has any (see :mod:`defguard_entra._checks`). With
+        ``probe_write`` the write permission is proven instead, as ``provision`` does before its first token: a
+        write that changes nothing (a group member's current values written back); without it no PATCH is sent.
 
         .. versionadded:: 0.1.0
         """
+        self._bind()
         _check_group_args(group_name, group_source)
         items: list[CheckItem] = []
         version = await self._check_defguard(group_name, group_source, items)
         await self._check_graph(group_name, group_source, items)
+        if probe_write:
+            items = [i for i in items if i.key != WRITE_ATTRIBUTES.key]
+            items.append(await self._probe_item(group_name, group_source))
         return Checklist(
             tuple(items),
             group_name=group_name,
@@ -1034,8 +1209,52 @@ class ProvisioningService:
             rest = [k for k in rest if k not in done]
             skip_rest("Graph failed")
             return
-        items.append(permission_item(WRITE_ATTRIBUTES, principal))
+        judged = permission_item(WRITE_ATTRIBUTES, principal)
+        items.append(
+            attrs.evolve(
+                judged,
+                detail=f"{judged.detail} (judged from the access token's claims only)",
+                hint=judged.hint or "prove it with a write that changes nothing: check --probe-write",
+            )
+        )
         items.append(permission_item(READ_ATTRIBUTES, principal))
+
+    async def _probe_item(self, group_name: str, group_source: str) -> CheckItem:
+        """``check --probe-write``: the write probe on the first group member found in Entra."""
+        title = f"permission to write attribute set {self.attribute_set!r} (probed)"
+        key = WRITE_ATTRIBUTES.key
+        try:
+            target = await self._probe_target(group_name, group_source)
+            if target is None:
+                return CheckItem(key, title, CheckState.SKIP, "no group member was found in Entra to probe with")
+            notes: list[str] = []
+            await self._probe_write(Member(None, entra=target), notes)
+        except PreflightError as exc:
+            return CheckItem(
+                key, title, CheckState.FAIL, str(exc).split(": grant ")[0], f"grant {WRITE_ATTRIBUTES.needs()}"
+            )
+        except (DefguardError, EntraError) as exc:
+            return CheckItem(key, title, CheckState.WARN, f"not probed: {exc}", None)
+        if notes:
+            return CheckItem(key, title, CheckState.WARN, notes[0], None)
+        return CheckItem(
+            key, title, CheckState.OK, f"a write that changes nothing was accepted for {target.user_principal_name}"
+        )
+
+    async def _probe_target(self, group_name: str, group_source: str) -> EntraUser | None:
+        if group_source == "entra":
+            groups = await self.entra.find_groups(group_name)
+            members = await self.entra.group_members(str(groups[0]["id"])) if len(groups) == 1 else []
+            return members[0] if members else None
+        group = await self._dg(self.defguard.find_group, group_name)
+        if group is None:
+            return None
+        users = await self._dg(self.defguard.users)
+        emails = [u.email for name in sorted(set(group.members)) if (u := users.get(name)) and u.email]
+        if not emails:
+            return None
+        match = (await self.entra.find_users(emails[:1]))[emails[0].strip().lower()]
+        return match.user
 
     async def _check_entra_group(self, group_name: str) -> CheckItem:
         title = f"Entra group {group_name!r}"
@@ -1124,10 +1343,8 @@ class ProvisioningService:
         from ._client_config import config_from_attributes  # noqa: PLC0415
         from .exceptions import ClientConfigError  # noqa: PLC0415
 
-        if not group_name.strip():
-            raise ConfigurationError("--group-name is empty: give the name of the group to export")
-        if group_source not in {"defguard", "entra"}:
-            raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+        self._bind()
+        _check_group_args(group_name, group_source)
         _check_enrolled(enrolled)
         started = _now()
         notes: list[str] = []
@@ -1204,6 +1421,61 @@ class ProvisioningService:
         )
 
 
+_STALE_REASON = (
+    "a token was minted for this member by a run that did not finish, and may not be stored: the token in Entra may "
+    "be dead; run provision for the group to give the member a new one"
+)
+
+
+def _settled_safely(member: Member, minted: bool) -> bool:
+    """May the journal forget this member? Yes when its new token is stored, or when Defguard surely minted nothing
+    (it refused with a 4xx, which changes nothing); not after a write failed, a timeout or a 5xx."""
+    if member.status is Status.PROVISIONED:
+        return True
+    if minted:
+        return False
+    return member.status in {Status.DISABLED, Status.INTERRUPTED} or (
+        member.status is Status.FAILED and bool(member.error) and "not attempted" in (member.error or "")
+    )
+
+
+def _guarded_progress(progress: Progress | None) -> Progress | None:
+    """``progress`` that cannot end a run: a display problem (a raising callback, a closed pipe) must not leave
+    tokens minted and not stored. After the first exception it is logged once and not called again."""
+    if progress is None:
+        return None
+    broken = False
+
+    def call(done: int, total: int) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            progress(done, total)
+        except Exception:
+            broken = True
+            log.warning("the progress callback raised; progress reports stop here", exc_info=True)
+
+    return call
+
+
+def _checked_lifetime(lifetime: object) -> dt.timedelta | None:
+    """``lifetime=`` as the CLI checks it: a :class:`datetime.timedelta` or a duration string (``"2d"``), positive,
+    at most 366 days; ``None`` for the server's default."""
+    from ._durations import MAX_TOKEN_LIFETIME, parse_lifetime  # noqa: PLC0415
+
+    if lifetime is None:
+        return None
+    if isinstance(lifetime, str):
+        return parse_lifetime(lifetime)
+    if not isinstance(lifetime, dt.timedelta):
+        msg = f"lifetime must be a datetime.timedelta or a duration string such as '2d', not {type(lifetime).__name__}"
+        raise TypeError(msg)
+    if lifetime <= dt.timedelta(0) or lifetime > MAX_TOKEN_LIFETIME:
+        raise ConfigurationError(f"lifetime {lifetime} must be positive and at most {MAX_TOKEN_LIFETIME.days} days")
+    return lifetime
+
+
 def _check_enrolled(enrolled: str) -> None:
     if enrolled not in ENROLLED_POLICIES:
         choices = ", ".join(repr(p) for p in ENROLLED_POLICIES)
@@ -1212,9 +1484,9 @@ def _check_enrolled(enrolled: str) -> None:
 
 def _check_group_args(group_name: str, group_source: str) -> None:
     if not group_name.strip():
-        raise ConfigurationError("--group-name is empty: give the name of the group")
+        raise ConfigurationError("group_name is empty: give the name of the group")
     if group_source not in {"defguard", "entra"}:
-        raise ConfigurationError("--group-source must be 'defguard' or 'entra'")
+        raise ConfigurationError(f"group_source must be 'defguard' or 'entra', not {group_source!r}")
 
 
 def _has_device(user: DefguardUser) -> bool:
@@ -1252,8 +1524,13 @@ def _with_stored(outcome: Outcome, values: Mapping[str, Any] | None) -> Outcome:
     return attrs.evolve(
         outcome,
         enrollment_url=str(url) if url else None,
-        enrollment_token=Secret(str(token)) if token else None,
+        enrollment_token=(token if isinstance(token, Secret) else Secret(str(token))) if token else None,
     )
+
+
+def _plain(value: object) -> object:
+    """A stored value as Graph holds it (a :class:`Secret` unwrapped), for writing it back unchanged."""
+    return value.value if isinstance(value, Secret) else value
 
 
 class _Phases:

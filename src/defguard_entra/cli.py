@@ -7,14 +7,20 @@ does; ``demo`` runs the whole flow against the built-in emulators.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import datetime as dt
+import difflib
+import getpass
+import io
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,9 +29,19 @@ import attrs
 
 from ._durations import parse_lifetime
 from ._plan import ENROLLED_POLICIES
-from ._redact import RedactingFilter
+from ._redact import RedactingFilter, secrets_in_argv
 from ._version import __version__
-from .config import DEFAULT_ATTRIBUTE_SET, PROVISION_SCOPES, AuthMode, Cloud, Settings, validate_attribute_set_name
+from .config import (
+    DEFAULT_ATTRIBUTE_SET,
+    PROVISION_SCOPES,
+    AuthMode,
+    Cloud,
+    Settings,
+    is_loopback_url,
+    validate_attribute_set_name,
+    validate_group_name,
+    validate_seconds,
+)
 from .exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
 from .models import Report, Secret
 
@@ -46,6 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         raise _UsageError(message)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:  # --help and --version: degrade to the stream's encoding, survive a closed pipe
+            _write(file if file is not None else sys.stderr, message, newline=False)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -92,13 +112,23 @@ def _add_defguard(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("Defguard")
     d.add_argument("--url", "-Url", metavar="URL", help="Defguard core base URL (env DEFGUARD_URL)")
     d.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept an http:// Defguard URL on a non-loopback host (the API token and enrollment tokens then "
+        "cross the network unencrypted; a warning is printed). Loopback http:// needs no flag",
+    )
+    d.add_argument(
         "--api-token",
         "-ApiToken",
         metavar="TOKEN",
-        help="Defguard API token; '-' reads it from stdin. Prefer env DEFGUARD_API_TOKEN or "
-        "--api-token-file: a token on the command line is visible to other local users",
+        help="Defguard API token; '-' reads it from stdin (prompting without echo on a terminal). Prefer env "
+        "DEFGUARD_API_TOKEN or --api-token-file: a token on the command line is visible to other local users",
     )
-    d.add_argument("--api-token-file", metavar="PATH", help="read the Defguard API token from this file")
+    d.add_argument(
+        "--api-token-file",
+        metavar="PATH",
+        help="read the Defguard API token from this file (UTF-8, or UTF-16 with a BOM; one line)",
+    )
     d.add_argument("--ca-bundle", metavar="PATH", help="PEM file with the CA that signed Defguard's certificate")
     d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per-request timeout (default 30)")
 
@@ -181,32 +211,116 @@ def build_parser() -> argparse.ArgumentParser:
 # -- settings from environment + flags -------------------------------------------------------------------------
 
 
-def _read_api_token(args: argparse.Namespace, stdin: TextIO, warn: Callable[[str], None]) -> Secret | None:
+#: A token file larger than this is not a token file (a wrong path, /dev/zero, a log).
+_TOKEN_FILE_LIMIT = 64 * 1024
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _check_token(text: str, source: str) -> Secret:
+    """An API token as read from ``source``: one line of printable ASCII. Never echoes it."""
+    token = text.strip()
+    if not token:
+        raise ConfigurationError(f"{source} is empty: give the Defguard API token")
+    if not token.isascii():
+        raise ConfigurationError(
+            f"{source} holds a non-ASCII character, which no Defguard API token has: copy the token again "
+            "(a smart quote or a non-breaking space may have slipped in)"
+        )
+    if any(not char.isprintable() or char.isspace() for char in token):
+        raise ConfigurationError(
+            f"{source} holds a space or control character, which no Defguard API token has: copy the token again"
+        )
+    return Secret(token)
+
+
+def _read_token_file(path: str) -> Secret:
+    """The token in ``path``: UTF-8 (BOM or not) or UTF-16 with a BOM, as Windows PowerShell 5.1's ``Out-File``
+    and ``>`` write it; surrounding whitespace and CRLF stripped; exactly one non-empty line."""
+    source = f"--api-token-file {path!r}"
+    try:
+        with Path(path).expanduser().open("rb") as file:
+            data = file.read(_TOKEN_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"{source}: {exc.strerror or exc}") from None
+    if len(data) > _TOKEN_FILE_LIMIT:
+        raise ConfigurationError(f"{source} is larger than 64 KiB: it is not a token file; check the path")
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            f"{source} is not UTF-8 or UTF-16 text: save the token as UTF-8, e.g. "
+            "Set-Content -Encoding utf8 -NoNewline, or printf '%s' TOKEN > FILE"
+        ) from None
+    if "\0" in text:
+        raise ConfigurationError(
+            f"{source} holds NUL characters (UTF-16 without a byte order mark?): save the token as UTF-8, e.g. "
+            "Set-Content -Encoding utf8 -NoNewline"
+        )
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    if not lines:
+        raise ConfigurationError(f"{source} is empty: put the Defguard API token in it")
+    if len(lines) > 1:
+        raise ConfigurationError(f"{source} has {len(lines)} non-empty lines: it must hold only the API token")
+    return _check_token(lines[0], source)
+
+
+def _read_stdin_token(stdin: TextIO | None, stderr: TextIO) -> Secret:
+    """``--api-token -``: prompt without echo on a terminal, else the first line of stdin."""
+    missing = "--api-token -: nothing on stdin; pipe the token in (e.g. < token.txt) or run it in a terminal"
+    if stdin is None:
+        raise ConfigurationError(missing)
+    try:
+        interactive = stdin.isatty()
+    except (OSError, ValueError):  # closed
+        raise ConfigurationError(missing) from None
+    try:
+        if interactive:
+            text = getpass.getpass("Defguard API token (input hidden): ", stream=stderr)
+        else:
+            text = stdin.readline()
+    except EOFError:
+        raise ConfigurationError("--api-token -: no token entered") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ConfigurationError(missing) from None
+    if not text.strip():
+        raise ConfigurationError(missing)
+    return _check_token(text, "--api-token -")
+
+
+def _read_api_token(
+    args: argparse.Namespace, stdin: TextIO | None, warn: Callable[[str], None], stderr: TextIO | None = None
+) -> Secret | None:
     literal, path = getattr(args, "api_token", None), getattr(args, "api_token_file", None)
     if literal is not None and path is not None:
         raise ConfigurationError("give the API token once: --api-token or --api-token-file, not both")
     if path is not None:
-        try:
-            text = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--api-token-file {path!r}: {exc.strerror or exc}") from None
-        if not text:
-            raise ConfigurationError(f"--api-token-file {path!r} is empty")
-        return Secret(text)
+        return _read_token_file(path)
     if literal == "-":
-        text = stdin.readline().strip()
-        if not text:
-            raise ConfigurationError("--api-token -: nothing on stdin; pipe the token in, e.g. < token.txt")
-        return Secret(text)
+        return _read_stdin_token(stdin, stderr or sys.stderr)
     if literal is not None:
         if not literal.strip():
             raise ConfigurationError("--api-token is empty")
+        token = _check_token(literal, "--api-token")
         warn(
             "the API token on the command line is visible to other local users (process list, shell history): "
             "prefer DEFGUARD_API_TOKEN or --api-token-file"
         )
-        return Secret(literal.strip())
+        return token
     return None
+
+
+_PATH_OPTIONS = ("report", "output", "output_dir", "api_token_file", "ca_bundle")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Values no file system or server takes: one line, before anything else looks at them."""
+    for flag in _PATH_OPTIONS:
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigurationError(f"--{flag.replace('_', '-')} contains a NUL byte: give a real path")
+    if getattr(args, "group_name", None) is not None:
+        validate_group_name(args.group_name)
 
 
 def _reject_conflicts(args: argparse.Namespace) -> None:
@@ -226,8 +340,13 @@ def _reject_conflicts(args: argparse.Namespace) -> None:
 
 
 def load_settings(
-    args: argparse.Namespace, environ: Mapping[str, str], stdin: TextIO, warn: Callable[[str], None]
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    stdin: TextIO | None,
+    warn: Callable[[str], None],
+    stderr: TextIO | None = None,
 ) -> Settings:
+    _check_inputs(args)
     _reject_conflicts(args)
     base = Settings.from_env(environ)
     graph = base.graph
@@ -239,10 +358,15 @@ def load_settings(
         cloud=Cloud(args.cloud) if getattr(args, "cloud", None) else graph.cloud,
         graph_url=getattr(args, "graph_url", None) or graph.graph_url,
     )
-    token = _read_api_token(args, stdin, warn) or base.defguard_token
+    token = _read_api_token(args, stdin, warn, stderr)
+    if token is None and base.defguard_token is not None:
+        token = _check_token(base.defguard_token.value, "DEFGUARD_API_TOKEN")
     changes: dict[str, Any] = {"graph": graph, "defguard_token": token}
-    if getattr(args, "url", None):
+    if not hasattr(args, "url"):  # fetch-config: Defguard is not contacted, DEFGUARD_URL does not matter
+        changes["defguard_url"] = None
+    elif args.url:
         changes["defguard_url"] = args.url
+    changes["allow_insecure_http"] = bool(getattr(args, "allow_insecure_http", False))
     if getattr(args, "ca_bundle", None):
         if not Path(args.ca_bundle).expanduser().is_file():
             raise ConfigurationError(f"--ca-bundle {args.ca_bundle!r} is not a file")
@@ -254,44 +378,154 @@ def load_settings(
             changes["token_lifetime"] = parse_lifetime(args.enrollment_token_expiration_time)
         except ConfigurationError as exc:
             raise ConfigurationError(f"--enrollment-token-expiration-time: {exc}") from None
-    for flag, key in (("timeout", "timeout"), ("concurrency", "concurrency"), ("graph_write_rate", "graph_write_rate")):
-        if getattr(args, flag, None) is not None:
-            changes[key] = getattr(args, flag)
+    if getattr(args, "timeout", None) is not None:
+        changes["timeout"] = validate_seconds("--timeout", args.timeout)
+    if getattr(args, "graph_write_rate", None) is not None:
+        changes["graph_write_rate"] = validate_seconds(
+            "--graph-write-rate", args.graph_write_rate, zero="no limit", unit="writes per second"
+        )
+    if getattr(args, "concurrency", None) is not None:
+        changes["concurrency"] = args.concurrency
     retries, retry_time = getattr(args, "retries", None), getattr(args, "max_retry_time", None)
     if retries is not None or retry_time is not None:
         if retries is not None and retries < 0:
             raise ConfigurationError("--retries must be 0 or more")
-        if retry_time is not None and retry_time <= 0:
-            raise ConfigurationError("--max-retry-time must be a positive number of seconds")
+        if retry_time is not None:
+            validate_seconds("--max-retry-time", retry_time)
         changes["retry"] = attrs.evolve(
             base.retry,
             **({"attempts": retries + 1} if retries is not None else {}),
             **({"timeout": retry_time} if retry_time is not None else {}),
         )
-    return attrs.evolve(base, **changes).validate()
+    settings = attrs.evolve(base, **changes).validate()
+    url = settings.defguard_url
+    if url and url.strip().lower().startswith("http://") and not is_loopback_url(url):
+        warn(
+            f"--allow-insecure-http: the API token and the enrollment tokens go to {url} unencrypted; anyone on "
+            "the network path can read them"
+        )
+    return settings
 
 
 # -- output ----------------------------------------------------------------------------------------------------
 
 
+#: What a console that cannot show a character gets instead (Windows code pages, PYTHONIOENCODING=ascii).
+_FALLBACKS = {
+    "…": "...",
+    "–": "-",
+    "—": "-",
+    "‘": "'",
+    "’": "'",
+    "“": '"',
+    "”": '"',
+    "→": "->",
+    "←": "<-",
+    "×": "x",
+    "≥": ">=",
+    "≤": "<=",
+    "µ": "u",
+    "✓": "ok",
+    "✗": "x",
+    "\u00a0": " ",
+}
+_DEGRADE = "defguard_entra.degrade"
+
+
+def _degrade_error(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(_FALLBACKS.get(char, "?") for char in text), error.end
+
+
+codecs.register_error(_DEGRADE, _degrade_error)
+
+
+def _encodable(text: str, stream: Any) -> str:
+    """``text`` as ``stream`` can show it: unchanged on UTF-8 (and on in-memory streams), else with ``…`` as
+    ``...`` and other characters the encoding lacks as ``?``, instead of a UnicodeEncodeError mid-run."""
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str) or encoding.lower().replace("-", "").replace("_", "") in {"utf8", "utf16"}:
+        return text
+    try:
+        return text.encode(encoding, _DEGRADE).decode(encoding, "replace")
+    except (LookupError, UnicodeError):
+        return text.encode("ascii", _DEGRADE).decode("ascii")
+
+
+class _Discard(io.StringIO):
+    """Where output goes when there is no stream (stdout or stderr closed at start, ``pythonw``)."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+#: Streams that failed (closed pipe): nothing more is written to them in this process.
+_BROKEN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _is_broken(stream: Any) -> bool:
+    try:
+        return stream in _BROKEN
+    except TypeError:  # a stream that cannot be weakly referenced is simply tried again
+        return False
+
+
+def _mark_broken(stream: Any) -> None:
+    with contextlib.suppress(TypeError):
+        _BROKEN.add(stream)
+
+
+def _write(stream: TextIO, text: str, *, newline: bool = True) -> bool:
+    """Write and flush; ``False`` (and nothing raised) when the stream is closed or its reader has gone away
+    (``| head``): losing output must not abort a run half-way or change its exit code."""
+    if _is_broken(stream):
+        return False
+    try:
+        stream.write(_encodable(text, stream) + ("\n" if newline else ""))
+        stream.flush()
+    except (OSError, ValueError):  # BrokenPipeError, EIO, "I/O operation on closed file"
+        _mark_broken(stream)
+        _silence(stream)
+        return False
+    return True
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a broken standard stream's descriptor at the null device, so that the interpreter's final flush of
+    what is still buffered neither prints "Exception ignored … BrokenPipeError" nor turns the exit code into 120."""
+    if stream not in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+
 class _Console:
-    """stdout for results, stderr for progress, warnings and errors; everything through the redaction filter."""
+    """stdout for results, stderr for progress, warnings and errors; everything through the redaction filter.
+
+    Text the stream's encoding cannot show is degraded (``…`` → ``...``), and a closed stream is skipped."""
 
     def __init__(self, stdout: TextIO, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> None:
         self.stdout, self.stderr, self.redactor, self.quiet = stdout, stderr, redactor, quiet
 
     def out(self, text: str) -> None:
-        print(self.redactor.redact(text), file=self.stdout, flush=True)
+        _write(self.stdout, self.redactor.redact(text))
 
     def info(self, text: str) -> None:
         if not self.quiet:
-            print(self.redactor.redact(text), file=self.stderr, flush=True)
+            _write(self.stderr, self.redactor.redact(text))
 
     def warn(self, text: str) -> None:
-        print("warning: " + self.redactor.redact(text), file=self.stderr, flush=True)
+        _write(self.stderr, "warning: " + self.redactor.redact(text))
 
     def error(self, text: str) -> None:
-        print("error: " + self.redactor.redact(text), file=self.stderr, flush=True)
+        _write(self.stderr, "error: " + self.redactor.redact(text))
 
 
 class _ProgressLine:
@@ -299,7 +533,10 @@ class _ProgressLine:
 
     def __init__(self, stream: TextIO, label: str) -> None:
         self.stream, self.label = stream, label
-        self.tty = stream.isatty()
+        try:
+            self.tty = stream.isatty()
+        except (OSError, ValueError):
+            self.tty = False
         self._last_pct = -1
         self._last_time = 0.0
         self._lock = threading.Lock()
@@ -310,13 +547,25 @@ class _ProgressLine:
             now = time.monotonic()
             if self.tty:
                 end = "\n" if done >= total else ""
-                self.stream.write(f"\r{self.label}: {done}/{total} ({pct}%){end}")
+                line = f"\r{self.label}: {done}/{total} ({pct}%){end}"
             elif done >= total or pct >= self._last_pct + 10 or now - self._last_time >= 5:
-                self.stream.write(f"{self.label}: {done}/{total} ({pct}%)\n")
+                line = f"{self.label}: {done}/{total} ({pct}%)\n"
             else:
                 return
             self._last_pct, self._last_time = pct, now
-            self.stream.flush()
+            _write(self.stream, line, newline=False)  # a closed stderr only loses the progress line
+
+
+class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines degraded to the stream's encoding; a failing stream drops the line instead of printing
+    logging's "--- Logging error ---" traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - a broken record must not end the run (the filter already redacted it)
+            return
+        _write(self.stream, text)
 
 
 def _setup_logging(args: argparse.Namespace, stderr: TextIO, redactor: RedactingFilter) -> logging.Handler:
@@ -327,7 +576,7 @@ def _setup_logging(args: argparse.Namespace, stderr: TextIO, redactor: Redacting
         level = logging.DEBUG
     elif getattr(args, "verbose", 0) == 1:
         level = logging.INFO
-    handler = logging.StreamHandler(stderr)
+    handler = _StreamHandler(stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(redactor)
     handler.setLevel(level)
@@ -346,6 +595,15 @@ def _setup_logging(args: argparse.Namespace, stderr: TextIO, redactor: Redacting
 # -- commands --------------------------------------------------------------------------------------------------
 
 
+def _state_dir(ctx: _Context) -> Path | None:
+    """The per-user state directory (journal of tokens in flight, run locks): DEFGUARD_ENTRA_STATE_DIR, else the
+    platform's (``_journal.default_state_dir``)."""
+    from ._journal import default_state_dir  # noqa: PLC0415
+
+    explicit = ctx.environ.get("DEFGUARD_ENTRA_STATE_DIR", "").strip()
+    return Path(explicit).expanduser() if explicit else default_state_dir(sys.platform, ctx.environ)
+
+
 def _exit_code(report: Report) -> int:
     if report.interrupted:
         return EXIT_INTERRUPTED
@@ -355,7 +613,7 @@ def _exit_code(report: Report) -> int:
 
 
 def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
-    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     if not args.group_name or not args.group_name.strip():
         raise ConfigurationError("--group-name is required: the name of the group whose members to provision")
     if args.dry_run and args.reveal_tokens:
@@ -373,7 +631,9 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
     from ._service import GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = PROVISION_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
-    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+    with ProvisioningService.from_settings(
+        settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
+    ) as service:
         progress = None if (args.no_progress or args.quiet) else _ProgressLine(ctx.console.stderr, "provisioning")
         report = service.provision(
             args.group_name,
@@ -390,10 +650,10 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 def _finish(report: Report, ctx: _Context, report_path: Path | None, *, reveal: bool, quiet: bool) -> int:
-    from ._render import format_summary, write_report  # noqa: PLC0415
+    from ._render import format_summary  # noqa: PLC0415
 
     if report_path is not None:
-        write_report(report, report_path, reveal_tokens=reveal)
+        report_path = _write_report_somewhere(report, report_path, ctx, reveal=reveal)
     if not report.outcomes:
         ctx.console.out(f"group {report.group_name!r} has no members: nothing to do")
     elif not quiet:
@@ -403,6 +663,27 @@ def _finish(report: Report, ctx: _Context, report_path: Path | None, *, reveal: 
     if report.fatal_error:
         ctx.console.error(report.fatal_error)
     return _exit_code(report)
+
+
+def _write_report_somewhere(report: Report, path: Path, ctx: _Context, *, reveal: bool) -> Path | None:
+    """Write the report to ``path`` or, when that fails at the end of a run (the directory went away, the disk
+    filled), to a fallback file that is named: everything was sent, so the exit code must stay the members'."""
+    import tempfile  # noqa: PLC0415
+
+    from ._render import write_report  # noqa: PLC0415
+
+    try:
+        return write_report(report, path, reveal_tokens=reveal)
+    except (OSError, ConfigurationError) as exc:
+        stamp = report.finished_at.strftime("%Y%m%dT%H%M%SZ")
+        fallback = Path(tempfile.gettempdir()) / f"defguard-entra-{report.command}-{stamp}{path.suffix or '.json'}"
+        try:
+            written = write_report(report, fallback, reveal_tokens=reveal)
+        except (OSError, ConfigurationError) as again:
+            ctx.console.warn(f"could not write the report to {path} ({exc}) nor to {fallback} ({again})")
+            return None
+        ctx.console.warn(f"could not write the report to {path} ({exc}): wrote it to {written} instead")
+        return written
 
 
 _DEMO_EXPLAIN = {
@@ -513,7 +794,8 @@ def _add_client_config_commands(sub: Any) -> None:
         help="on the user's machine: write the Defguard client's provisioning.json from Entra",
         description="Sign in as the current user, read the enrollment URL and token that provision stored in "
         "their Entra custom security attributes, and write provisioning.json where the Defguard desktop client "
-        "reads it on its next start: Windows %APPDATA%\\net.defguard, macOS ~/Library/Application Support/"
+        "reads it on its next start: Windows %APPDATA%\\net.defguard, macOS (sandboxed) ~/Library/Containers/"
+        "net.defguard/Data/Library/Application Support/"
         "net.defguard, Linux $XDG_DATA_HOME/net.defguard (default ~/.local/share). The token is never shown.",
         epilog="Exit codes: 0 written (or already identical), 1 attributes missing, incomplete or unreadable, or a "
         "different file present without --force, 2 usage error, 3 sign-in or Graph failure.",
@@ -582,7 +864,7 @@ def _cmd_fetch_config(args: argparse.Namespace, ctx: _Context) -> int:
         require_user_sign_in,
     )
 
-    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     require_user_sign_in(settings.graph)
     target = check_output_file(args.output) if args.output else default_provisioning_path(sys.platform, ctx.environ)
     if target.is_dir():
@@ -607,7 +889,7 @@ def _cmd_fetch_config(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
-    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     if not args.group_name or not args.group_name.strip():
         raise ConfigurationError("--group-name is required: the name of the group whose members to export")
     if not args.provision and (args.only_missing or args.enrollment_token_expiration_time is not None):
@@ -625,7 +907,9 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
     scopes = (PROVISION_SCOPES if args.provision else EXPORT_SCOPES) + (
         GROUP_SCOPES if args.group_source == "entra" else ()
     )
-    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+    with ProvisioningService.from_settings(
+        settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
+    ) as service:
         provisioned = None
         if args.provision:
             progress = None if (args.no_progress or args.quiet) else _ProgressLine(ctx.console.stderr, "provisioning")
@@ -816,6 +1100,13 @@ def _add_operations_commands(sub: Any) -> None:
     _add_defguard(check)
     _add_graph(check)
     _add_group_options(check, "check")
+    check.add_argument_group("write permission").add_argument(
+        "--probe-write",
+        action="store_true",
+        help="prove write permission with a write that changes nothing (the first member's current values written "
+        "back), as provision does before its first token; without it, write permission is judged from the access "
+        "token's claims only",
+    )
     _add_retry_options(check, writes=False)
     _add_common(check)
     check.set_defaults(handler=_cmd_check)
@@ -823,7 +1114,7 @@ def _add_operations_commands(sub: Any) -> None:
 
 def _prepare(args: argparse.Namespace, ctx: _Context, verb: str) -> tuple[Settings, Path | None]:
     """Settings and the report path, validated before any request; secrets registered with the redactor."""
-    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn)
+    settings = load_settings(args, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     if not args.group_name or not args.group_name.strip():
         raise ConfigurationError(f"--group-name is required: the name of the group whose members to {verb}")
     report_path = None
@@ -845,7 +1136,9 @@ def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
     from ._service import GROUP_SCOPES, STATUS_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = STATUS_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
-    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+    with ProvisioningService.from_settings(
+        settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
+    ) as service:
         report = service.status(args.group_name, group_source=args.group_source, enrolled=args.enrolled, stop=ctx.stop)
     report = _audited(report, args, settings, ctx.environ)
     if report.outcomes and not args.quiet:
@@ -858,7 +1151,9 @@ def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
     from ._service import CLEAR_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = CLEAR_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
-    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
+    with ProvisioningService.from_settings(
+        settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
+    ) as service:
         progress = None if (args.no_progress or args.quiet) else _ProgressLine(ctx.console.stderr, "clearing")
         report = service.clear(
             args.group_name,
@@ -878,8 +1173,10 @@ def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
     from ._service import CHECK_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
 
     scopes = CHECK_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
-    with ProvisioningService.from_settings(settings, prompt=ctx.console.info, delegated_scopes=scopes) as service:
-        checklist = service.check(args.group_name, group_source=args.group_source)
+    with ProvisioningService.from_settings(
+        settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
+    ) as service:
+        checklist = service.check(args.group_name, group_source=args.group_source, probe_write=args.probe_write)
     ctx.console.out(format_checklist(checklist, problems_only=args.quiet))
     return EXIT_OK if checklist.ready else EXIT_FATAL
 
@@ -929,11 +1226,158 @@ class _Context:
 # -- entry point -----------------------------------------------------------------------------------------------
 
 
-def _normalise_argv(argv: Sequence[str]) -> list[str]:
+#: The PowerShell script's parameters, by lower-case name (PowerShell matches them case-insensitively).
+_POWERSHELL = {
+    "url": ("--url", "-Url"),
+    "apitoken": ("--api-token", "-ApiToken"),
+    "groupname": ("--group-name", "-GroupName"),
+    "attributesetname": ("--attribute-set-name", "-AttributeSetName"),
+    "enrollmenttokenexpirationtime": ("--enrollment-token-expiration-time", "-EnrollmentTokenExpirationTime"),
+}
+_SINGLE_DASH = re.compile(r"-([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?", re.DOTALL)
+_DOUBLE_DASH = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)(?:([:=])(.*))?", re.DOTALL)
+
+
+def _key(name: str) -> str:
+    return name.lstrip("-").lower().replace("-", "").replace("_", "")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public way to the subcommands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return dict(action.choices)
+    return {}
+
+
+def _unknown_command(word: str) -> str:
+    if word.lower().strip("-/") in {"help", "?", "h"}:
+        return f"unknown command {word!r}: for help run defguard-entra --help, or defguard-entra COMMAND --help"
+    close = [c for c in COMMANDS if c == word.lower()] or difflib.get_close_matches(word.lower(), COMMANDS, n=1)
+    if close:
+        return f"unknown command {word!r}: did you mean {close[0]!r}? (see --help)"
+    return (
+        f"unknown command {word!r}: the commands are {', '.join(COMMANDS)}; without one, provision is implied "
+        "(see --help)"
+    )
+
+
+def _closest(key: str, candidates: Mapping[str, str]) -> str | None:
+    """The candidate (by normalised name) ``key`` most likely meant: one it starts, else the closest spelling."""
+    if not key:
+        return None
+    starts = [name for name in candidates if name.startswith(key)]
+    if starts:
+        return candidates[min(starts, key=len)]
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    return candidates[close[0]] if close else None
+
+
+def _unknown_option(
+    name: str, command: str, options: Mapping[str, argparse.Action], elsewhere: Mapping[str, Sequence[str]]
+) -> str:
+    """One line for an option ``command`` does not have: what it probably meant, never the value given."""
+    key = _key(name)
+    if key.endswith("graphtoken"):
+        return f"unrecognized arguments: {name} (a Graph access token is read only from DEFGUARD_ENTRA_GRAPH_TOKEN)"
+    known = _POWERSHELL[key][0] if name[1] != "-" and key in _POWERSHELL else name.lower()
+    if known not in options and known in elsewhere:
+        return (
+            f"unrecognized arguments: {name} ({command} does not take {known}; "
+            f"{', '.join(elsewhere[known])} do{'es' if len(elsewhere[known]) == 1 else ''})"
+        )
+    aliases = {k: f"{long} / {alias}" for k, (long, alias) in _POWERSHELL.items() if long in options}
+    longs = {_key(o): o for o in options if o.startswith("--")}
+    for long, alias in _POWERSHELL.values():
+        if long in options:
+            longs[_key(long)] = f"{long} / {alias}"
+    hint = (_closest(key, aliases) if not name.startswith("--") else None) or _closest(key, longs)
+    if hint:
+        return f"unrecognized arguments: {name} (did you mean {hint}?)"
+    return f"unrecognized arguments: {name} ({command} has no such option; see {command} --help)"
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def _powershell_words(
+    command: str, sub: argparse.ArgumentParser, words: Sequence[str], elsewhere: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """PowerShell habits made exact: ``-url``, ``-GROUPNAME``, ``-Url:VALUE`` and ``-ApiToken=VALUE`` become
+    ``--url``, ``--group-name``, ``--url=VALUE``; long options are matched case-insensitively. A single-dash word
+    that is not one of the five parameters (nor a cluster of short flags such as ``-vv``) is refused, naming what
+    it probably meant, instead of argparse guessing or echoing the value after it. Option values pass untouched."""
+    options = {o: action for action in sub._actions for o in action.option_strings}  # noqa: SLF001
+    shorts = {o[1] for o in options if len(o) == 2 and o[1] != "-"}
+    out: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        index += 1
+        if word == "--":
+            out.extend(words[index - 1 :])
+            break
+        canonical: str | None = None
+        value: str | None = None
+        if (match := _DOUBLE_DASH.fullmatch(word)) is not None:
+            name = "--" + match[1]
+            canonical = name if name in options else name.lower() if name.lower() in options else None
+            if canonical is None:
+                raise _UsageError(_unknown_option(name, command, options, elsewhere))
+            value = match[3] if match[2] else None
+        elif (match := _SINGLE_DASH.fullmatch(word)) is not None and not set(match[1]) <= shorts:
+            name = "-" + match[1]
+            known = _POWERSHELL.get(match[1].lower())
+            if known is None or known[0] not in options:
+                raise _UsageError(_unknown_option(name, command, options, elsewhere))
+            canonical, value = known[0], match[2]
+        else:  # a short flag (-v, -vv, -q, -h), "-", a negative number, or a stray word: argparse decides
+            out.append(word)
+            continue
+        action = options[canonical]
+        if value is not None:
+            if not _takes_value(action):
+                raise _UsageError(f"argument {canonical}: takes no value (got one after ':' or '=')")
+            out.append(f"{canonical}={value}")
+        elif _takes_value(action) and index < len(words):
+            following = words[index]
+            index += 1
+            # argparse takes "-inf" or "-1e3" for an option; a word that is an option name stays one (a forgotten
+            # value must not swallow --dry-run)
+            out.extend([f"{canonical}={following}"] if _is_number(following) else [canonical, following])
+        else:
+            out.append(canonical)
+    return out
+
+
+def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``provision`` inserted when the first word is an option; an unknown command refused with a suggestion;
+    the PowerShell spellings of the options made exact (:func:`_powershell_words`)."""
     args = list(argv)
-    if args and args[0] not in COMMANDS and args[0] not in {"-h", "--help", "--version"}:
-        args.insert(0, "provision")
-    return args
+    if not args or args[0] in {"-h", "--help", "--version"}:
+        return args
+    if args[0] in COMMANDS:
+        command, rest = args[0], args[1:]
+    elif args[0].startswith("-"):
+        command, rest = "provision", args
+    else:
+        raise _UsageError(_unknown_command(args[0]))
+    subparsers = _subparsers(parser)
+    elsewhere: dict[str, list[str]] = {}
+    for name, other in subparsers.items():
+        for action in other._actions:  # noqa: SLF001
+            for option in action.option_strings:
+                elsewhere.setdefault(option, []).append(name)
+    sub = subparsers.get(command)
+    return [command, *(_powershell_words(command, sub, rest, elsewhere) if sub is not None else rest)]
 
 
 def main(
@@ -947,15 +1391,19 @@ def main(
     """Run the CLI; returns the exit code. Every stream and the environment can be injected (tests do)."""
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    redactor = RedactingFilter()
+    stdout = stdout or sys.stdout or _Discard()  # sys.stdout is None when the descriptor was closed at start
+    stderr = stderr or sys.stderr or _Discard()
+    redactor = RedactingFilter(secrets_in_argv(argv))
     parser = build_parser()
     try:
         with contextlib.redirect_stdout(stdout):  # --help and --version print to the injected stream
-            args = parser.parse_args(_normalise_argv(argv))
+            args = parser.parse_args(_normalise_argv(argv, parser))
     except _UsageError as exc:
-        print(f"error: {exc} (see --help)", file=stderr)
+        # argparse echoes the words it could not place: mask token-like ones, and every value of a secret option
+        for secret in secrets_in_argv(argv, shaped=True):
+            redactor.add(secret)
+        message = str(exc) if "--help" in str(exc) else f"{exc} (see --help)"
+        _write(stderr, "error: " + redactor.redact(message))
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version print and "exit"
         return int(exc.code or 0)
@@ -971,8 +1419,10 @@ def main(
     restore = _install_signal_handlers(ctx.stop, console) if graceful else _interrupt_on_sigterm()
     try:
         code: int = args.handler(args, ctx)
-    except ConfigurationError as exc:
-        console.error(str(exc))
+    except ConfigurationError as exc:  # a usage error too: a token pasted into the wrong option is not echoed
+        for secret in secrets_in_argv(argv, shaped=True):
+            redactor.add(secret)
+        console.error(_as_flags(str(exc)))
         return EXIT_USAGE
     except (PreflightError, DefguardError, EntraError) as exc:
         console.error(str(exc))
@@ -1036,18 +1486,49 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     return _restore
 
 
+#: The library's messages speak of its parameters; the CLI's of the flags that set them.
+_FLAG_OF = {
+    "group_name": "--group-name",
+    "group_source": "--group-source",
+    "enrolled": "--enrolled",
+    "lifetime": "--enrollment-token-expiration-time",
+}
+_PARAMETER = re.compile(r"\b(" + "|".join(_FLAG_OF) + r")\b(?= (?:is|must|=))")
+
+
+def _as_flags(message: str) -> str:
+    """A library error message with its parameter names (``group_name is empty``) turned into flags."""
+    return _PARAMETER.sub(lambda m: _FLAG_OF[m.group(1)], message)
+
+
+#: What stops a run gracefully: Ctrl-C, SIGTERM, and SIGHUP (an SSH session dropping) where it exists.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+#: The third signal aborts at once (the journal still holds what was in flight).
+_SIGNALS_TO_ABORT = 3
+
+
 def _install_signal_handlers(stop: threading.Event, console: _Console) -> Callable[[], None]:
     """First Ctrl-C/SIGTERM: stop starting new work and finish what is in flight; the second: stop now."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        console.warn("stopping: finishing the writes in flight, then writing the report (again to abort)")
+    signals = 0
 
-    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
+        nonlocal signals
+        signals += 1
+        if signals >= _SIGNALS_TO_ABORT:
+            raise KeyboardInterrupt
+        if stop.is_set():
+            console.warn(
+                "still stopping: the writes in flight finish in seconds and the journal records any token they "
+                "leave unstored; once more aborts without a report"
+            )
+            return
+        stop.set()
+        console.warn("stopping: finishing the writes in flight, then writing the report")
+
+    previous = {sig: signal.signal(sig, _handle) for sig in _STOP_SIGNALS}
 
     def _restore() -> None:
         for sig, old in previous.items():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import ipaddress
+import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Self
 from urllib.parse import urlsplit
@@ -29,10 +31,13 @@ __all__ = [
     "Cloud",
     "GraphSettings",
     "Settings",
+    "is_loopback_url",
     "proxy_for",
     "validate_attribute_set_name",
     "validate_defguard_url",
     "validate_graph_url",
+    "validate_group_name",
+    "validate_seconds",
 ]
 
 DEFAULT_ATTRIBUTE_SET = "Defguard"
@@ -103,16 +108,46 @@ def validate_attribute_set_name(name: str) -> str:
     return name
 
 
-def validate_defguard_url(url: str) -> str:
-    """Check a Defguard base URL and return it without trailing slashes; raise :class:`ConfigurationError`."""
+#: Longest group name accepted: far above Entra's 256-character displayName, so only pasted garbage is refused.
+GROUP_NAME_LIMIT = 1000
+
+
+def validate_group_name(name: str) -> str:
+    """A group name as typed: not blank, at most :data:`GROUP_NAME_LIMIT` characters, no control characters.
+
+    The name is not echoed back (it may be something pasted by mistake)."""
+    if not name.strip():
+        raise ConfigurationError("--group-name is empty: give the name of the group")
+    if len(name) > GROUP_NAME_LIMIT:
+        raise ConfigurationError(
+            f"--group-name is {len(name):,} characters long, more than the {GROUP_NAME_LIMIT:,} allowed: "
+            "give the group's name (was something else pasted?)"
+        )
+    for position, char in enumerate(name, 1):
+        if unicodedata.category(char) == "Cc":
+            raise ConfigurationError(
+                f"--group-name contains a control character (U+{ord(char):04X} at position {position}): "
+                "give the group's name as Defguard or Entra shows it"
+            )
+    return name
+
+
+def validate_defguard_url(url: str, *, allow_insecure_http: bool = True) -> str:
+    """Check a Defguard base URL and return it without trailing slashes; raise :class:`ConfigurationError`.
+
+    With ``allow_insecure_http=False`` (what :meth:`Settings.validate` passes unless
+    :attr:`Settings.allow_insecure_http` is set) ``http://`` is accepted only for a loopback host."""
     text = url.strip()
     parts = urlsplit(text)
     if parts.scheme not in {"http", "https"}:
-        raise ConfigurationError(
-            f"--url {url!r} must start with https:// (or http://), e.g. https://defguard.example.com"
-        )
+        raise ConfigurationError(f"--url {url!r} must start with https://, e.g. https://defguard.example.com")
     if not parts.hostname:
         raise ConfigurationError(f"--url {url!r} has no host name, e.g. https://defguard.example.com")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"--url {url!r} uses http:// on a non-loopback host, which sends the API token and the enrollment "
+            "tokens unencrypted: use https:// (or pass --allow-insecure-http if you must)"
+        )
     if parts.username or parts.password:
         raise ConfigurationError("--url must not contain a user name or password: pass the API token instead")
     if parts.query or parts.fragment:
@@ -122,6 +157,21 @@ def validate_defguard_url(url: str) -> str:
     except ValueError:
         raise ConfigurationError(f"--url {url!r} has an invalid port") from None
     return text.rstrip("/")
+
+
+#: Upper bound for durations in seconds (a day): beyond it, socket and sleep calls overflow, and nobody means it.
+SECONDS_LIMIT = 86400.0
+
+
+def validate_seconds(option: str, value: float, *, zero: str | None = None, unit: str = "seconds") -> float:
+    """A finite, positive number (``0`` too when ``zero`` says what it means), at most :data:`SECONDS_LIMIT` for
+    durations; raise :class:`ConfigurationError` naming ``option``."""
+    allowed = f"0 ({zero}) or a positive number of {unit}" if zero else f"a positive number of {unit}"
+    if not math.isfinite(value) or value < 0 or (value == 0 and zero is None):
+        raise ConfigurationError(f"{option} {value:g} is not allowed: give {allowed}")
+    if unit == "seconds" and value > SECONDS_LIMIT:
+        raise ConfigurationError(f"{option} {value:g} is more than a day: give at most {SECONDS_LIMIT:g} seconds")
+    return value
 
 
 def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
@@ -141,12 +191,21 @@ def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is ``localhost``, in 127.0.0.0/8 or ``::1``."""
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        return False
+    return bool(host) and _is_loopback(host or "")
 
 
 def validate_graph_url(url: str) -> str:
@@ -252,6 +311,8 @@ class Settings:
     graph_write_rate: float = 20.0  # PATCHes per second; 0 = unlimited
     retry: RetryPolicy = attrs.field(factory=_retry_default)
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
+    #: ``http://`` to a Defguard that is not on loopback: refused unless this is set (``--allow-insecure-http``).
+    allow_insecure_http: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
@@ -292,13 +353,12 @@ class Settings:
 
     def validate(self) -> Self:
         if self.defguard_url is not None:
-            validate_defguard_url(self.defguard_url)
+            validate_defguard_url(self.defguard_url, allow_insecure_http=self.allow_insecure_http)
         validate_attribute_set_name(self.attribute_set)
         if self.concurrency < 1 or self.concurrency > 256:
             raise ConfigurationError(f"--concurrency {self.concurrency} must be between 1 and 256")
-        if self.graph_write_rate < 0:
-            raise ConfigurationError("--graph-write-rate must be 0 (unlimited) or a positive number of writes/s")
-        if self.timeout <= 0:
-            raise ConfigurationError("--timeout must be a positive number of seconds")
+        validate_seconds("--graph-write-rate", self.graph_write_rate, zero="unlimited", unit="writes per second")
+        validate_seconds("--timeout", self.timeout)
+        validate_seconds("--max-retry-time", self.retry.timeout)
         self.graph.validate()
         return self

@@ -20,6 +20,7 @@ __all__ = [
     "EntraAuthError",
     "EntraError",
     "PreflightError",
+    "ServiceStateError",
     "UnexpectedResponseError",
 ]
 
@@ -51,6 +52,11 @@ class ClientConfigError(DefguardEntraError):
 
 class PreflightError(DefguardEntraError):
     """A precondition of the run does not hold (group missing, attribute set missing, …); nothing was changed."""
+
+
+class ServiceStateError(DefguardEntraError, RuntimeError):
+    """A service used in a way its state does not allow: closed already, or driven from two event loops (the sync
+    forms run on a private loop; the async forms on the caller's): use one style per service instance."""
 
 
 class DefguardError(DefguardEntraError):

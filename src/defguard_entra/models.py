@@ -68,6 +68,7 @@ class Status(enum.StrEnum):
     PLANNED = "planned"
     EXISTING = "existing"
     INTERRUPTED = "interrupted"
+    STALE = "stale"  # a token was minted by a run that did not finish: what Entra holds may be dead
     # status / clear
     CLEARED = "cleared"
     NOT_SET = "not_set"
@@ -81,7 +82,9 @@ class Status(enum.StrEnum):
         return self in _PROBLEMS
 
 
-_PROBLEMS = frozenset({Status.NO_EMAIL, Status.NOT_FOUND, Status.AMBIGUOUS, Status.NOT_IN_DEFGUARD, Status.FAILED})
+_PROBLEMS = frozenset(
+    {Status.NO_EMAIL, Status.NOT_FOUND, Status.AMBIGUOUS, Status.NOT_IN_DEFGUARD, Status.FAILED, Status.STALE}
+)
 
 
 class TokenKind(enum.StrEnum):
