@@ -45,3 +45,16 @@ def test_emulator_benchmark_smoke() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for kind in ("start_enrollment", "graph_filter", "graph_batch20"):
         assert kind in proc.stdout
+
+
+def test_dead_server_benchmark_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dead_server.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(a) connection refused: exit 3 in" in proc.stdout
+    assert "(b) silent server, --timeout 5: exit 3 in" in proc.stdout

@@ -417,3 +417,61 @@ def test_library_messages_name_parameters_and_the_cli_names_flags(
 
     assert _as_flags("group_name is empty: give the name") == "--group-name is empty: give the name"
     assert _as_flags("the group_name of x") == "the group_name of x"  # only a parameter being judged
+
+
+# -- a dead server is declared dead in seconds (figures: benchmarks/dead_server.py) ----------------------------------
+
+
+def test_a_refused_connection_is_one_line_naming_the_cause(graph: GraphEmulator) -> None:
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {"DEFGUARD_API_TOKEN": "dg-" + "b" * 32, "DEFGUARD_ENTRA_GRAPH_URL": graph.url}
+    env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = graph.admin_token
+    result = run_cli(["--url", f"http://127.0.0.1:{port}", "--group-name", GROUP, "--no-progress"], env)
+    assert result.code == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cannot reach Defguard at http://127.0.0.1:{port}: connection refused (is Defguard running, and "
+        "is the port in --url right?)"
+    )
+    assert "urllib3" not in result.stderr
+    assert "HTTPConnectionPool" not in result.stderr
+
+
+def test_a_silent_server_costs_two_timeouts_at_most(graph: GraphEmulator) -> None:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        env = {"DEFGUARD_API_TOKEN": "dg-" + "b" * 32, "DEFGUARD_ENTRA_GRAPH_URL": graph.url}
+        env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = graph.admin_token
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        result = run_cli(["--url", url, "--group-name", GROUP, "--no-progress", "--timeout", "1"], env)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+    assert result.code == 3
+    assert "no answer within 1 s" in result.stderr
+    assert len(accepted) == 2  # two tries of the first request, then the run stops

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -48,6 +49,10 @@ _WAIT_FOR = re.compile(r"Wait for (\d+(?:\.\d+)?)s")
 #: A 500 is Defguard's answer to a database or model error, usually permanent (2.x answers it to every token request
 #: while its public proxy URL does not parse): one more try, not a whole back-off.
 _SERVER_ERROR_TRIES = 2
+#: How long a refused connection (or an unknown host) is retried: a dead server is declared dead in seconds.
+_REFUSED_GIVE_UP = 2.0
+#: Tries of one request that time out (each costs a whole --timeout).
+_TIMEOUT_TRIES = 2
 #: Full re-reads of 2.x's unordered user pages when fewer distinct users came back than ``total_items``.
 _USER_LIST_PASSES = 3
 #: Answers that are about one user, not the token (the server's exact messages, v1.6.6 and v2.0.1).
@@ -337,12 +342,22 @@ class DefguardClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token.value}"
-        server_errors = 0
+        server_errors = timeouts = 0
+        started = time.monotonic()
         try:
             for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
                     try:
                         return self._once(method, url, headers, params, json, expect_json=expect_json), attempt.num - 1
+                    except _Unreachable as exc:
+                        # A refused connection or an unknown host is an answer: a few quick tries, not minutes.
+                        # A server that accepts and never answers costs a whole timeout per try: two at most.
+                        timeouts += exc.kind == "timeout"
+                        if timeouts >= _TIMEOUT_TRIES or (
+                            exc.kind == "refused" and time.monotonic() - started >= _REFUSED_GIVE_UP
+                        ):
+                            raise exc.error from None
+                        raise
                     except Retryable as exc:
                         if isinstance(exc.error, DefguardAPIError) and exc.error.status == 500:
                             server_errors += 1
@@ -392,8 +407,9 @@ class DefguardClient:
                 f"TLS verification of {self._base} failed: {_first_line(exc)} (for a private CA, pass --ca-bundle PATH)"
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            error = DefguardUnreachableError(f"cannot reach Defguard at {self._base}: {_first_line(exc)}")
-            raise Retryable(error, None) from None
+            cause, kind = _connection_cause(exc, self._timeout)
+            error = DefguardUnreachableError(f"cannot reach Defguard at {self._base}: {cause}")
+            raise _Unreachable(error, kind) from None
         except requests.RequestException as exc:
             raise DefguardUnreachableError(f"request to Defguard failed: {_first_line(exc)}") from None
         version = response.headers.get(VERSION_HEADER)
@@ -444,7 +460,9 @@ class DefguardClient:
         if status in _RETRYABLE_STATUS:
             match = _WAIT_FOR.search(message) if status == 429 else None
             wait = float(match.group(1)) if match else parse_retry_after(response.headers.get("Retry-After"))
-            raise Retryable(error, wait)
+            # tower_governor truncates its wait to whole seconds, so "Wait for 0s" means "within a second", not
+            # "now": the jittered back-off decides instead of every worker retrying at once.
+            raise Retryable(error, wait or None)
         raise error
 
 
@@ -455,6 +473,28 @@ def _normalised_url(raw: str) -> str | None:
     if not parts.scheme or not parts.netloc:
         return None
     return raw.strip() + "/" if parts.scheme in {"http", "https"} and not parts.path else raw.strip()
+
+
+class _Unreachable(Retryable):
+    """No HTTP answer: ``kind`` is ``refused`` (connection refused, host not found) or ``timeout``."""
+
+    def __init__(self, error: Exception, kind: str) -> None:
+        super().__init__(error, None)
+        self.kind = kind
+
+
+def _connection_cause(exc: requests.RequestException, timeout: float) -> tuple[str, str]:
+    """urllib3's nested message → what happened, in a few words, and its kind (see :class:`_Unreachable`)."""
+    text = str(exc)
+    if isinstance(exc, requests.Timeout) or "timed out" in text.lower():
+        return f"no answer within {timeout:g} s (the server accepts connections but does not respond)", "timeout"
+    if "Name or service not known" in text or "NameResolutionError" in text or "getaddrinfo" in text:
+        return "the host name is not known (check --url)", "refused"
+    if "Connection refused" in text or "[Errno 111]" in text or "WinError 10061" in text:
+        return "connection refused (is Defguard running, and is the port in --url right?)", "refused"
+    if "Connection reset" in text or "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "the connection was closed without an answer", "dropped"
+    return _first_line(exc), "other"
 
 
 def _looks_like_json(body: bytes) -> bool:
