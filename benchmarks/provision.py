@@ -217,7 +217,7 @@ def main() -> int:
             graph.item_faults = Faults(rates={429: 0.10, 503: 0.03}, seed=13)
             graph.retry_after = "decimal"
         throttled_before = graph.throttled_count
-        extra = ["--graph-write-rate", "0"] if quota is None and not args.faults else []
+        extra: list[str] = []  # default flags: writes start at full speed and slow only when Graph says so
         if args.concurrency:
             extra += ["--concurrency", str(args.concurrency)]
         elapsed, rss_kib, report = run_provision(defguard, graph, extra)
@@ -234,7 +234,8 @@ def main() -> int:
         n = args.members
         print(f"    limits: Graph <= {n // 10 + 10}, Defguard <= {n + n // 100 + 10} requests")
         if quota is not None:
-            print(f"    quota target: <= {1.15 * n / quota.rate:.1f}s (1.15 x N / rate), <= 5 responses of 429")
+            bound = max(0, n - quota.writes) / quota.rate
+            print(f"    quota bound: {bound:.1f}s (spend the bucket of {quota.writes}, then {quota.rate:g}/s)")
         if replay_time is not None:
             print(f"ratio (a)/(b): {replay_time / elapsed:.1f}x")
     return 0 if inconsistent == 0 else 1

@@ -113,3 +113,52 @@ def test_retry_after_http_date() -> None:
     now = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)
     later = format_datetime(now + dt.timedelta(seconds=30), usegmt=True)
     assert parse_retry_after(later, now=now) == 30.0
+
+
+# -- burst first, then the sustainable pace -------------------------------------------------------------------------
+
+
+def test_writes_spend_the_burst_then_pace_when_graph_warns() -> None:
+    """A bucket of 60 writes refilled at 20/s that starts full (Graph's 3,000 per 150 s, scaled down): default
+    flags spend the burst, switch to 20/s when the throttle-percentage header passes 80 %, and are not refused."""
+    with DefguardEmulator("2.0") as defguard, GraphEmulator(write_quota=WriteQuota(60, 3.0)) as graph:
+        ids = _seed(defguard, graph, 120)
+        result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
+        assert result.code == 0, result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert "of the write budget used: pacing writes at 20.0/s" in result.stderr
+        assert graph.throttled_count <= 5
+
+
+def test_writes_are_not_paced_without_a_signal() -> None:
+    with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
+        ids = _seed(defguard, graph, 120)
+        result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
+        assert result.code == 0, result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert "pacing writes" not in result.stderr
+
+
+def test_429s_alone_slow_the_writes_down() -> None:
+    """``x-ms-throttle-limit-percentage`` is reported missing in practice: 429s refusing most of a batch are enough."""
+    with DefguardEmulator("2.0") as defguard, GraphEmulator(write_quota=WriteQuota(40, 4.0)) as graph:
+        graph.throttle_header = False
+        ids = _seed(defguard, graph, 100)
+        result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
+        assert result.code == 0, result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert "Graph throttled writes: pacing writes at 20.0/s" in result.stderr
+
+
+def test_graph_write_rate_is_a_ceiling() -> None:
+    import time
+
+    with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
+        ids = _seed(defguard, graph, 40)
+        argv = ["--group-name", "G", "--no-progress", "--graph-write-rate", "20"]
+        started = time.monotonic()
+        result = run_cli(argv, environment(defguard, graph))
+        elapsed = time.monotonic() - started
+        assert result.code == 0, result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert elapsed >= (41 - 20) / 20  # 41 writes (the probe too) at no more than 20/s after one batch of burst

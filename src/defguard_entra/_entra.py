@@ -88,54 +88,102 @@ class AttributeSetCheck:
 
 
 class _RateLimiter:
-    """Paces Graph writes: a token bucket at ``rate`` writes/s, at most one batch of burst.
+    """Paces Graph writes only when Graph says so: burst first, then the sustainable pace.
 
-    It adapts when 429s still arrive (the tenant's real budget may be lower, or shared with other tools):
-    multiplicative decrease, at most once a second and never below a quarter of the target, plus a pause for the
-    server's ``Retry-After``; then additive recovery as writes succeed.
+    Graph's write budget (3,000 writes per 150 s per app and tenant) is a bucket that a fresh run finds full, so a
+    run starts at full speed, capped only by ``ceiling`` (``--graph-write-rate``; 0: none). It slows down when Graph
+    signals: ``x-ms-throttle-limit-percentage`` of 0.8 or more (documented as sent above 80 % of a limit, and
+    reported missing in practice) sets the documented sustainable pace; a 429 that refuses most of a batch sets it
+    too or, when already paced, halves the pace (at most once a second, never below one write a second), besides
+    the pause for the server's ``Retry-After``. Writes that succeed with no warning raise the pace again, one write
+    a second per batch, back to full speed once well above the sustainable pace.
     """
 
-    def __init__(self, rate: float) -> None:
-        self.target = rate
-        self.rate = rate
-        self._allowance = min(rate, float(BATCH_LIMIT)) if rate > 0 else 0.0
+    SUSTAINED = 3000 / 150  # Graph's documented identity write limit per app and tenant
+    FLOOR = 1.0
+
+    def __init__(self, ceiling: float) -> None:
+        self.ceiling = ceiling
+        self.rate: float | None = ceiling if ceiling > 0 else None  # None: not paced
+        self._allowance = 0.0
         self._last = time.monotonic()
         self._paused_until = 0.0
         self._last_cut = 0.0
         self._lock = asyncio.Lock()
 
+    @property
+    def target(self) -> float:
+        """The pace now, in writes per second; 0 while not paced."""
+        return self.rate or 0.0
+
     async def acquire(self, n: int) -> None:
-        if self.target <= 0:
-            return
         async with self._lock:
             while True:
                 now = time.monotonic()
                 if now < self._paused_until:
                     await asyncio.sleep(self._paused_until - now)
                     continue
-                capacity = max(float(n), min(self.rate, float(BATCH_LIMIT)))
-                self._allowance = min(capacity, self._allowance + (now - self._last) * self.rate)
+                rate = self.rate
+                if rate is None:
+                    self._last = now
+                    return
+                capacity = max(float(n), min(rate, float(BATCH_LIMIT)))
+                self._allowance = min(capacity, self._allowance + (now - self._last) * rate)
                 self._last = now
                 if self._allowance >= n:
                     self._allowance -= n
                     return
-                await asyncio.sleep((n - self._allowance) / self.rate)
+                await asyncio.sleep((n - self._allowance) / rate)
+
+    def _pace(self, rate: float, why: str) -> None:
+        if self.ceiling > 0:
+            rate = min(rate, self.ceiling)
+        rate = max(self.FLOOR, rate)
+        if self.rate != rate:
+            log.info("Graph %s: pacing writes at %.1f/s", why, rate)
+        if self.rate is None:
+            self._allowance = 0.0
+            self._last = time.monotonic()
+        self.rate = rate
+
+    def warned(self, percentage: float) -> None:
+        """Graph said the budget is ``percentage`` (0..1) used: from 80 %, no faster than the sustainable pace."""
+        if percentage >= 0.8 and (self.rate is None or self.rate > self.SUSTAINED):
+            self._pace(self.SUSTAINED, f"reports {percentage:.0%} of the write budget used")
 
     def throttled(self, wait: float | None, *, cut: bool = True) -> None:
         """Writes were refused with 429: pause for what the server asked and, with ``cut``, slow down."""
-        if self.target <= 0:
-            return
         now = time.monotonic()
         self._paused_until = max(self._paused_until, now + (wait if wait is not None else 1.0))
         self._allowance = 0.0
         if cut and now - self._last_cut >= 1.0:
             self._last_cut = now
-            self.rate = max(self.target / 4, self.rate * 0.75)
-            log.info("Graph throttled writes: pacing down to %.1f writes/s", self.rate)
+            if self.rate is None or self.rate > self.SUSTAINED:
+                self._pace(self.SUSTAINED, "throttled writes")
+            else:
+                self._pace(self.rate * 0.5, "throttled writes again")
 
     def succeeded(self, n: int) -> None:
-        if 0 < self.rate < self.target:
-            self.rate = min(self.target, self.rate + self.target * 0.01 * n)
+        """``n`` writes went through with no warning: speed up again (additively), up to full speed."""
+        if self.rate is None or (self.ceiling > 0 and self.rate >= self.ceiling):
+            return
+        self.rate += n / BATCH_LIMIT
+        if self.ceiling <= 0 and self.rate >= 4 * self.SUSTAINED:
+            self.rate = None
+        elif self.ceiling > 0:
+            self.rate = min(self.rate, self.ceiling)
+
+
+def _throttle_percentage(answer: Mapping[str, Any]) -> float:
+    """``x-ms-throttle-limit-percentage`` of a batch item's answer (0.0 when absent or unreadable)."""
+    headers = answer.get("headers") or {}
+    for key, value in headers.items() if isinstance(headers, Mapping) else ():
+        if str(key).lower() == "x-ms-throttle-limit-percentage":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 def _odata_error(response: httpx.Response | Mapping[str, Any], status: int) -> tuple[str, str]:
@@ -354,8 +402,14 @@ class AsyncEntraClient:
                 await self.limiter.acquire(writes)
             async with self._batches:
                 response, _ = await self._send("POST", url, {"requests": list(pending.values())})
-            payload = self._json_or_raise("POST", url, response)
-            answered = {str(r.get("id")): r for r in payload.get("responses") or []}
+            answered: dict[str, dict[str, Any]]
+            if response.status_code == 424:  # Graph's throttling page: a batch whose items were throttled may
+                # answer 424 as a whole; every item is then retried as throttled
+                retry_after = {"Retry-After": response.headers.get("Retry-After", "")}
+                answered = {i: {"id": i, "status": 429, "headers": retry_after} for i in pending}
+            else:
+                payload = self._json_or_raise("POST", url, response)
+                answered = {str(r.get("id")): r for r in payload.get("responses") or []}
             waits: list[float] = []
             retry_ids = []
             throttled_writes = 0
@@ -390,11 +444,25 @@ class AsyncEntraClient:
                         attempts[item_id],
                     )
                     del pending[item_id]
-            if writes and len(retry_ids) < writes:
+            warning = max((_throttle_percentage(a) for a in answered.values()), default=0.0)
+            if warning >= 0.8:
+                self.limiter.warned(warning)
+            elif writes and len(retry_ids) < writes:
                 self.limiter.succeeded(writes - len(retry_ids))
             if not pending:
                 break
             wait = max(waits) if waits else delay
+            left = deadline - time.monotonic()
+            if wait > left:  # a wait past the retry budget is not waited out: those members fail now, saying why
+                why = (
+                    f"Graph asked to wait {wait:g} s, more than the {max(0.0, left):.0f} s left of the retry time "
+                    "(--max-retry-time)"
+                )
+                for item_id in list(pending):
+                    error = {"error": {"code": "TooManyRequests", "message": why}}
+                    done[item_id] = ({"id": item_id, "status": 429, "body": error}, attempts[item_id])
+                    del pending[item_id]
+                break
             if throttled_writes:
                 # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
                 # that a pause (Retry-After) handles without slowing the whole run.
@@ -428,17 +496,26 @@ class AsyncEntraClient:
         """
         wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
         result: dict[str, Match] = {}
-        remaining = wanted
+        refused: dict[str, str] = {}  # address -> why Graph would not look it up; the others go on
+        for address in wanted:
+            if len(address) > _odata.VALUE_LIMIT:
+                refused[address] = (
+                    f"the address has {len(address)} characters; Graph filters on at most {_odata.VALUE_LIMIT}, so "
+                    "this user cannot be looked up: shorten the e-mail address in Defguard"
+                )
+        remaining = [a for a in wanted if a not in refused]
         for prop, matched_by in (("mail", MatchedBy.MAIL), ("userPrincipalName", MatchedBy.USER_PRINCIPAL_NAME)):
             if not remaining:
                 break
-            found = await self._lookup_in(prop, remaining)
-            remaining = self._settle(found, matched_by, result, remaining)
+            found = await self._lookup_in(prop, remaining, refused)
+            remaining = self._settle(found, matched_by, result, [a for a in remaining if a not in refused])
         if remaining:
-            found = await self._lookup_each(remaining)
-            remaining = self._settle(found, MatchedBy.OTHER_MAILS, result, remaining)
+            found = await self._lookup_each([a for a in remaining if a not in refused], refused)
+            remaining = self._settle(found, MatchedBy.OTHER_MAILS, result, [a for a in remaining if a not in refused])
         for address in remaining:
             result[address] = Match()
+        for address, why in refused.items():
+            result[address] = Match(error=why)
         return result
 
     @staticmethod
@@ -485,7 +562,9 @@ class AsyncEntraClient:
             out[item["id"]] = rows
         return out
 
-    async def _lookup_in(self, prop: str, addresses: Sequence[str]) -> dict[str, list[EntraUser]]:
+    async def _lookup_in(
+        self, prop: str, addresses: Sequence[str], refused: dict[str, str]
+    ) -> dict[str, list[EntraUser]]:
         chunks = chunked(addresses, _odata.IN_LIMIT)
         items = [self._query_item(str(n), _odata.in_(prop, chunk)) for n, chunk in enumerate(chunks)]
         answers = await self._collect(items)
@@ -506,17 +585,22 @@ class AsyncEntraClient:
             items = [self._query_item(str(n), _odata.eq(prop, a)) for n, a in enumerate(unsupported)]
             single = await self._collect(items)
             for n, address in enumerate(unsupported):
-                found[address] = [EntraUser.from_api(r) for r in single[str(n)] or []]
+                rows = single[str(n)]
+                if rows is None:  # Graph refused this one address: only this member is affected
+                    refused[address] = f"Graph refused to look this address up by {prop} (400)"
+                    continue
+                found[address] = [EntraUser.from_api(r) for r in rows]
         return found
 
-    async def _lookup_each(self, addresses: Sequence[str]) -> dict[str, list[EntraUser]]:
+    async def _lookup_each(self, addresses: Sequence[str], refused: dict[str, str]) -> dict[str, list[EntraUser]]:
         items = [self._query_item(str(n), _odata.any_eq("otherMails", a)) for n, a in enumerate(addresses)]
-        answers = await self._collect(items)
+        answers = await self._collect(items) if items else {}
         found: dict[str, list[EntraUser]] = {}
         for n, address in enumerate(addresses):
             rows = answers[str(n)]
-            if rows is None:
-                raise EntraAPIError(400, "Request_UnsupportedQuery", "Graph refused the otherMails filter")
+            if rows is None:  # a 400 for one address affects only that address
+                refused[address] = "Graph refused to look this address up in otherMails (400)"
+                continue
             found[address] = [EntraUser.from_api(r) for r in rows]
         return found
 
@@ -606,8 +690,13 @@ class AsyncEntraClient:
                 results[entra_id] = WriteResult(ok=False, status=status, error=error, retries=retries)
         return results
 
-    async def read_attributes(self, set_name: str, entra_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """The attribute set's values per user (``None`` when nothing is stored *or* we may not read it)."""
+    async def read_attributes(
+        self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """The attribute set's values per user (``None`` when nothing is stored *or* we may not read it).
+
+        A user whose read fails (deleted since it was looked up: 404) raises :class:`EntraAPIError`, unless
+        ``errors`` is given: the failure is then recorded there (``entra_id`` → message) and the others go on."""
         items = [
             {"id": str(n), "method": "GET", "url": f"/users/{quote(i, safe='')}?$select=id,customSecurityAttributes"}
             for n, i in enumerate(entra_ids)
@@ -619,7 +708,11 @@ class AsyncEntraClient:
             status = int(answer.get("status", 0))
             if status >= 400:
                 code, message = _odata_error(answer, status)
-                raise EntraAPIError(status, code, message, method="GET", url=f"/users/{entra_id}")
+                if errors is None or status == 401:
+                    raise EntraAPIError(status, code, message, method="GET", url=f"/users/{entra_id}")
+                errors[entra_id] = f"Graph {status} {code}: {message}".rstrip(": ")
+                out[entra_id] = None
+                continue
             body = answer.get("body") or {}
             out[entra_id] = _attribute_values(body, set_name)
         return out

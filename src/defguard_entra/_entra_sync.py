@@ -197,9 +197,12 @@ class EntraClient:
         """Write attributes for many users (``{entra_id: {attribute: value-or-None}}``); ``None`` clears one."""
         return self._loop.run(self._client.write_attributes(set_name, values))
 
-    def read_attributes(self, set_name: str, entra_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """The attribute set's values per user (``None`` when nothing is stored *or* it may not be read)."""
-        return self._loop.run(self._client.read_attributes(set_name, entra_ids))
+    def read_attributes(
+        self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """The attribute set's values per user (``None`` when nothing is stored *or* it may not be read); with
+        ``errors``, a user whose read fails is recorded there instead of raising."""
+        return self._loop.run(self._client.read_attributes(set_name, entra_ids, errors=errors))
 
     def read_my_attributes(self, set_name: str) -> dict[str, Any] | None:
         """The signed-in user's values in ``set_name`` (``None``: not assigned, or not permitted to read)."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["IN_LIMIT", "any_eq", "eq", "in_", "literal"]
+__all__ = ["IN_LIMIT", "VALUE_LIMIT", "any_eq", "eq", "in_", "literal"]
 
 #: Graph allows at most 15 expressions in one ``in (…)`` clause by default.
 IN_LIMIT = 15
+#: "When filtering using the eq operator, the maximum limit of the value to match is 120 characters" (Microsoft
+#: Graph known issues, "Some limitations apply to query parameters"); the same is assumed for ``in`` values.
+VALUE_LIMIT = 120
 
 
 def literal(value: str) -> str:

@@ -407,6 +407,9 @@ class ProvisioningService:
             clock.mark("resolve")
             log.info("resolved members in Entra (%.2fs)", (_now() - started).total_seconds())
         detect_shared_entra_users(members)
+        for member in members:
+            if member.status is None and member.entra is not None and member.entra.account_enabled is False:
+                member.settle(Status.ENTRA_DISABLED, "the Entra account is disabled: no token minted")
         todo = [m for m in members if m.status is None]
         if todo and only_missing:
             await self._skip_existing([m for m in todo if m.username not in stale])
@@ -566,15 +569,19 @@ class ProvisioningService:
                 member.settle(Status.AMBIGUOUS, match.error)
             else:
                 member.settle(
-                    Status.NOT_FOUND, f"no Entra user has mail, userPrincipalName or otherMails {member.email!r}"
+                    Status.NOT_FOUND,
+                    match.error or f"no Entra user has mail, userPrincipalName or otherMails {member.email!r}",
                 )
 
     async def _skip_existing(self, todo: Sequence[Member]) -> None:
         ids = [m.entra.id for m in todo if m.entra is not None]
-        stored = await self.entra.read_attributes(self.attribute_set, ids)
+        errors: dict[str, str] = {}
+        stored = await self.entra.read_attributes(self.attribute_set, ids, errors=errors)
         for member in todo:
             values = stored.get(member.entra.id) if member.entra else None
-            if values and values.get(ATTRIBUTE_TOKEN) and values.get(ATTRIBUTE_URL):
+            if member.entra is not None and member.entra.id in errors:  # never mint blind: the read failed
+                member.settle(Status.FAILED, f"could not read what is stored ({errors[member.entra.id]}): not minted")
+            elif values and values.get(ATTRIBUTE_TOKEN) and values.get(ATTRIBUTE_URL):
                 member.settle(Status.EXISTING)
 
     async def _probe_write(self, member: Member, notes: list[str], *, write: bool = True) -> None:
@@ -922,8 +929,10 @@ class ProvisioningService:
                 continue
             if not stored.get(id(member)):
                 member.settle(Status.NOT_SET)
-            elif all_members or (
-                member.defguard is not None and (_has_device(member.defguard) or not member.defguard.active)
+            elif (
+                all_members
+                or (member.defguard is not None and (_has_device(member.defguard) or not member.defguard.active))
+                or (member.entra is not None and member.entra.account_enabled is False)
             ):  # the token did its job, or its owner is offboarded: it has no business staying in Entra
                 todo.append(member)
             elif member.defguard is None:
@@ -1019,7 +1028,12 @@ class ProvisioningService:
             for member in readable:  # attributes not read: say so rather than "nothing stored"
                 member.settle(Status.INTERRUPTED, "the run was interrupted before this member")
             return version, members, {}
-        values = await self.entra.read_attributes(self.attribute_set, [m.entra.id for m in readable if m.entra])
+        errors: dict[str, str] = {}
+        ids = [m.entra.id for m in readable if m.entra]
+        values = await self.entra.read_attributes(self.attribute_set, ids, errors=errors)
+        for member in readable:  # one user deleted since the lookup must not stop the run for everyone
+            if member.entra is not None and member.entra.id in errors:
+                member.settle(Status.FAILED, f"could not read what is stored: {errors[member.entra.id]}")
         clock.mark("read")
         return version, members, {id(m): values.get(m.entra.id) for m in readable if m.entra}
 
@@ -1369,10 +1383,16 @@ class ProvisioningService:
                     )
         todo = [m for m in members if m.status is None and m.entra is not None]
         ids = [m.entra.id for m in todo if m.entra is not None]
-        stored = await self.entra.read_attributes(self.attribute_set, ids) if ids else {}
+        errors: dict[str, str] = {}
+        stored = await self.entra.read_attributes(self.attribute_set, ids, errors=errors) if ids else {}
+        for member in todo:
+            if member.entra is not None and member.entra.id in errors:
+                member.settle(Status.FAILED, f"could not read what is stored: {errors[member.entra.id]}")
         configs: dict[int, ProvisioningConfig] = {}
         for member in todo:
             assert member.entra is not None
+            if member.status is not None:  # its read failed
+                continue
             try:
                 configs[id(member)] = config_from_attributes(stored.get(member.entra.id), self.attribute_set)
             except ClientConfigError as exc:

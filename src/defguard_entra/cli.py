@@ -1021,7 +1021,8 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool 
             type=float,
             default=None,
             metavar="W",
-            help="Graph attribute writes per second (default 20, Graph's 3,000 per 150 s; 0: no limit)",
+            help="the most Graph attribute writes per second (default: no ceiling; writes start at full speed and "
+            "slow to Graph's sustainable 20/s only when Graph signals its budget is nearly spent)",
         )
     pace.add_argument(
         "--retries",

@@ -308,7 +308,7 @@ class Settings:
     graph: GraphSettings = attrs.field(factory=GraphSettings)
     timeout: float = 30.0
     concurrency: int = 16
-    graph_write_rate: float = 20.0  # PATCHes per second; 0 = unlimited
+    graph_write_rate: float = 0.0  # the most PATCHes per second; 0: no ceiling (paced only when Graph says so)
     retry: RetryPolicy = attrs.field(factory=_retry_default)
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
     #: ``http://`` to a Defguard that is not on loopback: refused unless this is set (``--allow-insecure-http``).

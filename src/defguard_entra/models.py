@@ -60,6 +60,7 @@ class Status(enum.StrEnum):
     PROVISIONED = "provisioned"
     ALREADY_ENROLLED = "already_enrolled"
     DISABLED = "disabled"
+    ENTRA_DISABLED = "entra_disabled"  # the Entra account is disabled (accountEnabled false): no token minted
     NO_EMAIL = "no_email"
     NOT_FOUND = "not_found"
     AMBIGUOUS = "ambiguous"
