@@ -158,14 +158,29 @@ def test_a_graph_outage_mid_run_is_reported_and_repaired(
     ids = _seed(defguard, graph, 120)
     env = {**environment(defguard, graph), "DEFGUARD_ENTRA_STATE_DIR": str(tmp_path)}
     assert run_cli(["--group-name", GROUP, "--no-progress", "--graph-write-rate", "0"], env).code == 0
-    graph.faults = Faults(rates={503: 1.0}, endpoints={"batch"})
+    import threading
+
+    first = defguard.issued_count
+
+    def outage() -> None:  # Graph goes down once the second run has minted a few batches
+        deadline = time.monotonic() + 30
+        while defguard.issued_count < first + 30 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        graph.faults = Faults(rates={503: 1.0}, endpoints={"batch"})
+
+    watcher = threading.Thread(target=outage)
+    graph.faults = Faults(latency=0.02)
+    watcher.start()
     result = run_cli(["--group-name", GROUP, "--no-progress", "--retries", "0", "--graph-write-rate", "0"], env)
+    watcher.join()
     assert result.code != 0
     graph.faults = Faults()
     stale = Journal.peek(tmp_path, run_key(defguard.url, "defguard", GROUP))
     assert set(_consistent(defguard, graph, ids)) <= stale
+    assert stale  # the members minted before the outage stopped the run
     status = run_cli(["status", "--group-name", GROUP], env)
-    assert status.code == 1 or not stale
+    assert status.code == 1
+    assert "stale" in status.stdout
     assert run_cli(["--group-name", GROUP, "--only-missing", "--no-progress", "--graph-write-rate", "0"], env).code == 0
     assert _consistent(defguard, graph, ids) == []
 
