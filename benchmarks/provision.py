@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, WriteQuota, environment
+from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, RateLimit, WriteQuota, environment
 
 GROUP = "Bench Users"
 
@@ -165,6 +165,11 @@ def main() -> int:
     parser.add_argument("--defguard-version", default="2.0", choices=["1.6", "2.0"])
     parser.add_argument("--quota", metavar="WRITES/SECONDS", help="Graph write quota, e.g. 100/5 (default: off)")
     parser.add_argument(
+        "--defguard-rate-limit",
+        metavar="PERIOD/BURST",
+        help="Defguard 2.x's rate limiter: one request per PERIOD seconds after a burst, e.g. 0.05/10 (default: off)",
+    )
+    parser.add_argument(
         "--faults",
         action="store_true",
         help="10%% Graph 429 (decimal Retry-After), 3%% 503; 3%% Defguard token 502 or dropped",
@@ -206,6 +211,11 @@ def main() -> int:
             graph.reset_log()
 
         graph.write_quota = quota
+        limiter = None
+        if args.defguard_rate_limit:
+            period, burst = args.defguard_rate_limit.split("/")
+            limiter = RateLimit(float(period), int(burst))
+            defguard.rate_limit = limiter
         if args.faults:
             defguard.faults = Faults(
                 latency=latency,
@@ -231,8 +241,17 @@ def main() -> int:
             f"retries in report {retries}, peak RSS {rss_kib / 1024:.0f} MiB, exit {report.get('exit_code')}"
         )
         print(f"    summary {report.get('summary')}; members not consistent with Defguard: {inconsistent}")
+        print(f"    phases {(report.get('audit') or {}).get('timings')}")
         n = args.members
         print(f"    limits: Graph <= {n // 10 + 10}, Defguard <= {n + n // 100 + 10} requests")
+        if limiter is not None:
+            mints = defguard.request_counts["start_enrollment"] + defguard.request_counts["start_desktop"]
+            bound = max(0, n - limiter.burst) * limiter.period
+            share = 100 * limiter.refused / max(1, mints)
+            print(
+                f"    Defguard limiter: {limiter.refused} requests refused ({share:.1f} % of {mints} token requests); "
+                f"bound (N - burst) x period = {bound:.1f}s"
+            )
         if quota is not None:
             bound = max(0, n - quota.writes) / quota.rate
             print(f"    quota bound: {bound:.1f}s (spend the bucket of {quota.writes}, then {quota.rate:g}/s)")

@@ -7,6 +7,7 @@ Each test names the Defguard source it follows (DefGuard/defguard at v1.6.6 and 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -278,3 +279,34 @@ def test_page_churn_is_seeded_and_bounded() -> None:
 
     assert read(3) == read(3)
     assert len(read(3)) == 31
+
+
+# -- the optional rate limiter (2.x) -------------------------------------------------------------------------------
+
+
+def test_rate_limiter_follows_tower_governor() -> None:
+    """v2.0.1 ``crates/defguard_core/src/lib.rs`` 640-676 (tower_governor 0.8, ``SmartIpKeyExtractor``, every
+    ``/api/v1`` route) and tower_governor ``src/errors.rs``: after ``burst`` requests the 429 body is
+    ``Too Many Requests! Wait for {n}s`` with ``n`` truncated to whole seconds, in ``x-ratelimit-after`` and
+    ``retry-after`` too, and no Content-Type; one bucket per client IP, reads included."""
+    from defguard_entra.testing import RateLimit
+
+    with DefguardEmulator("2.0", rate_limit=RateLimit(period=0.5, burst=3)) as emu:
+        answers = [_get(emu, "/api/v1/me") for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        refused = answers[-1]
+        assert refused.text == "Too Many Requests! Wait for 0s"  # 0.5 s truncated
+        assert refused.headers["x-ratelimit-after"] == refused.headers["retry-after"] == "0"
+        assert "content-type" not in {k.lower() for k in refused.headers}
+        other = requests.get(
+            emu.url + "/api/v1/me",
+            headers={"Authorization": f"Bearer {emu.admin_token}", "X-Forwarded-For": "198.51.100.7"},
+            timeout=10,
+        )
+        assert other.status_code == 200  # another client IP, another bucket
+        assert requests.get(emu.url + "/api/v1/health", timeout=10).status_code == 429  # unauthenticated too
+        time.sleep(0.55)
+        assert _get(emu, "/api/v1/me").status_code == 200  # one request back per period
+    with DefguardEmulator("2.0", rate_limit=RateLimit(period=2.5, burst=1)) as emu:
+        assert _get(emu, "/api/v1/me").status_code == 200
+        assert _get(emu, "/api/v1/me").headers["retry-after"] == "2"

@@ -162,3 +162,19 @@ def test_graph_write_rate_is_a_ceiling() -> None:
         assert result.code == 0, result.stderr
         assert _consistent(defguard, graph, ids) == []
         assert elapsed >= (41 - 20) / 20  # 41 writes (the probe too) at no more than 20/s after one batch of burst
+
+
+def test_defguard_rate_limiter_is_survived_with_one_shared_pace() -> None:
+    """2.x's rate limiter (one request per 50 ms after a burst of 10, scaled down from the real one per second):
+    all 16 workers slow down together, a ``Wait for 0s`` is not retried at once, and everyone is provisioned."""
+    from defguard_entra.testing import RateLimit
+
+    limit = RateLimit(period=0.05, burst=10)
+    with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
+        ids = _seed(defguard, graph, 80)
+        defguard.rate_limit = limit
+        result = run_cli(["--group-name", "G", "--no-progress"], environment(defguard, graph))
+        assert result.code == 0, result.stdout + result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert limit.refused > 0
+        assert limit.refused < 40  # each worker on its own (no shared pace) was refused 66 times in this run

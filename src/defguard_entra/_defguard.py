@@ -102,6 +102,7 @@ class DefguardClient:
         self._page_workers = max(1, min(8, pool_size))
         self._lock = threading.Lock()
         self._server_lifetime: dt.timedelta | None = None
+        self._pacer = _Pacer()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -348,7 +349,10 @@ class DefguardClient:
             for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
                     try:
-                        return self._once(method, url, headers, params, json, expect_json=expect_json), attempt.num - 1
+                        self._pacer.wait()
+                        answer = self._once(method, url, headers, params, json, expect_json=expect_json)
+                        self._pacer.succeeded()
+                        return answer, attempt.num - 1
                     except _Unreachable as exc:
                         # A refused connection or an unknown host is an answer: a few quick tries, not minutes.
                         # A server that accepts and never answers costs a whole timeout per try: two at most.
@@ -359,6 +363,8 @@ class DefguardClient:
                             raise exc.error from None
                         raise
                     except Retryable as exc:
+                        if isinstance(exc.error, DefguardAPIError) and exc.error.status == 429:
+                            self._pacer.refused(exc.wait)
                         if isinstance(exc.error, DefguardAPIError) and exc.error.status == 500:
                             server_errors += 1
                             if server_errors >= _SERVER_ERROR_TRIES:
@@ -473,6 +479,49 @@ def _normalised_url(raw: str) -> str | None:
     if not parts.scheme or not parts.netloc:
         return None
     return raw.strip() + "/" if parts.scheme in {"http", "https"} and not parts.path else raw.strip()
+
+
+class _Pacer:
+    """One pace for every worker thread: Defguard 2.x's rate limiter keeps one bucket per client IP for all
+    ``/api/v1`` requests, so a 429 means every worker must slow down, not only the one that got it.
+
+    Requests are spaced by ``interval`` (0 until the first 429): a refusal doubles it (from 5 ms, at most 5 s) and
+    holds everyone for the reported wait, or one interval when it says ``Wait for 0s``; each success shortens it by
+    2 %, so the pace settles just under the server's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.interval = 0.0
+        self._next = 0.0
+        self._last_cut = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            if self.interval <= 0 and self._next <= 0:
+                return
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+    def refused(self, wait: float | None) -> None:
+        with self._lock:
+            now = time.monotonic()
+            # Refusals of requests sent together are one signal: slow down once per interval, not once each.
+            if now - self._last_cut >= max(self.interval, 0.005):
+                self._last_cut = now
+                grow = 2.0 if self.interval < 0.02 else 1.25  # find the pace fast, then approach it gently
+                self.interval = min(max(self.interval * grow, 0.005), 5.0)
+            self._next = max(self._next, now + (wait or self.interval))
+
+    def succeeded(self) -> None:
+        if self.interval <= 0:
+            return
+        with self._lock:
+            self.interval *= 0.99
+            if self.interval < 0.001:
+                self.interval = 0.0
 
 
 class _Unreachable(Retryable):

@@ -13,7 +13,7 @@ documents: status codes, bodies, content types, paging, batching and throttling.
 
 from __future__ import annotations
 
-from ._defguard import DefguardEmulator
+from ._defguard import DefguardEmulator, RateLimit
 from ._graph import GraphEmulator, WriteQuota
 from ._scenarios import SAMPLE_GROUP, Scenario, environment, running_emulators, seed_sample_organisation
 from ._server import DROP, Faults, RecordedRequest
@@ -24,6 +24,7 @@ __all__ = [
     "DefguardEmulator",
     "Faults",
     "GraphEmulator",
+    "RateLimit",
     "RecordedRequest",
     "Scenario",
     "WriteQuota",

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import string
+import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from types import EllipsisType
@@ -29,7 +30,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from ._server import DROP, EmulatorServer, Faults, Handler, Request, Response
 
-__all__ = ["DefguardEmulator", "Device", "EnrollmentToken", "HumantimeError", "parse_humantime"]
+__all__ = ["DefguardEmulator", "Device", "EnrollmentToken", "HumantimeError", "RateLimit", "parse_humantime"]
 
 Version = Literal["1.6", "2.0"]
 TokenKind = Literal["enrollment", "desktop"]
@@ -755,6 +756,37 @@ class _Group:
     vpn_locations: list[str] = dataclasses.field(default_factory=list)
 
 
+class RateLimit:
+    """Defguard 2.x's optional rate limiter: tower_governor 0.8 (``DEFGUARD_RATELIMIT_PERSECOND`` and
+    ``DEFGUARD_RATELIMIT_BURST``; v2.0.1 ``crates/defguard_core/src/lib.rs`` 640-676).
+
+    ``per_second(n)`` sets the *period*: one request every ``period`` seconds, after a burst of ``burst``; one
+    bucket per client IP (``SmartIpKeyExtractor``) for every ``/api/v1`` request, reads included. The 429 says
+    ``Too Many Requests! Wait for {n}s`` with the wait truncated to whole seconds (often ``0``), in
+    ``x-ratelimit-after`` and ``retry-after`` too, and carries no Content-Type (tower_governor ``src/errors.rs``).
+    The real server's shortest period is one second; shorter ones are allowed here so tests run fast.
+    """
+
+    def __init__(self, period: float, burst: int) -> None:
+        if period <= 0 or burst < 1:
+            raise ValueError("a rate limit needs period > 0 and burst >= 1")
+        self.period = period
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # client IP -> (tokens, stamp)
+        self.refused = 0
+
+    def take(self, client: str, now: float) -> float | None:
+        """``None`` when the request may go, else the seconds until it could (callers hold the emulator lock)."""
+        tokens, stamp = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - stamp) / self.period)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return None
+        self._buckets[client] = (tokens, now)
+        self.refused += 1
+        return (1.0 - tokens) * self.period
+
+
 # -- the emulator --------------------------------------------------------------------------------------------------
 
 
@@ -797,6 +829,7 @@ class DefguardEmulator(EmulatorServer):
         openid_provider: bool = False,
         license_overdue_days: float | None = None,
         page_churn: float = 0.0,
+        rate_limit: RateLimit | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -823,6 +856,7 @@ class DefguardEmulator(EmulatorServer):
             "openid_provider": openid_provider,
             "license_overdue_days": license_overdue_days,
             "page_churn": page_churn,
+            "rate_limit": rate_limit,
         }
         self._enrollment_url_raw = ""
         self._enrollment_url: str | None = None
@@ -840,6 +874,7 @@ class DefguardEmulator(EmulatorServer):
         self.openid_provider: bool = settings["openid_provider"]
         self.license_overdue_days: float | None = settings["license_overdue_days"]
         self.page_churn: float = settings["page_churn"]
+        self.rate_limit: RateLimit | None = settings["rate_limit"]
         if again:  # same rates and seed, the random sequence from the start
             self.faults = dataclasses.replace(settings["faults"])
         self.enrollment_url = settings["enrollment_url"]
@@ -1335,6 +1370,25 @@ class DefguardEmulator(EmulatorServer):
     # -- routing ---------------------------------------------------------------------------------------------
 
     def resolve(self, request: Request) -> tuple[str, Handler]:
+        endpoint, handler = self._resolve(request)
+        limit = self.rate_limit
+        if limit is None or not request.raw_path.startswith("/api/v1/") or self.version != "2.0":
+            return endpoint, handler
+        client = (request.header("x-forwarded-for") or "").split(",")[0].strip() or "127.0.0.1"
+        with self.lock:
+            wait = limit.take(client, time.monotonic())
+        if wait is None:
+            return endpoint, handler
+        seconds = str(int(wait))  # truncated, as tower_governor's u64 wait_time
+        refusal = Response(
+            429,
+            f"Too Many Requests! Wait for {seconds}s".encode(),
+            None,
+            {"x-ratelimit-after": seconds, "retry-after": seconds},
+        )
+        return endpoint, lambda _r: refusal
+
+    def _resolve(self, request: Request) -> tuple[str, Handler]:
         segments = request.raw_path.split("/")
         if len(segments) >= 4 and segments[0] == "" and segments[1] == "api" and segments[2] == "v1":
             rest = segments[3:]
