@@ -490,3 +490,17 @@ def test_a_silent_server_costs_two_timeouts_at_most(graph: GraphEmulator) -> Non
     assert result.code == 3
     assert "no answer within 1 s" in result.stderr
     assert len(accepted) == 2  # two tries of the first request, then the run stops
+
+
+def test_a_token_request_refused_with_4xx_leaves_nothing_stale(
+    defguard: DefguardEmulator, graph: GraphEmulator, tmp_path: Path
+) -> None:
+    """A 404 (user deleted in Defguard since the list was read) changed nothing on the server: the member fails,
+    but is not reported stale by the next run."""
+    _seed(defguard, graph, 40)
+    defguard.faults = Faults(rates={404: 0.3}, endpoints={"start_enrollment"}, seed=2)
+    env = {**environment(defguard, graph), "DEFGUARD_ENTRA_STATE_DIR": str(tmp_path)}
+    result = run_cli(["--group-name", GROUP, "--no-progress", "--graph-write-rate", "0", "--retries", "0"], env)
+    assert result.code == 1
+    assert "404" in result.stdout
+    assert Journal.peek(tmp_path, run_key(defguard.url, "defguard", GROUP)) == frozenset()

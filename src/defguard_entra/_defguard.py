@@ -481,6 +481,10 @@ def _normalised_url(raw: str) -> str | None:
     return raw.strip() + "/" if parts.scheme in {"http", "https"} and not parts.path else raw.strip()
 
 
+#: The longest a worker waits for its turn under the shared pace (whatever has queued up before it).
+_MAX_PACE_WAIT = 10.0
+
+
 class _Pacer:
     """One pace for every worker thread: Defguard 2.x's rate limiter keeps one bucket per client IP for all
     ``/api/v1`` requests, so a 429 means every worker must slow down, not only the one that got it.
@@ -503,7 +507,7 @@ class _Pacer:
             at = max(now, self._next)
             self._next = at + self.interval
         if at > now:
-            time.sleep(at - now)
+            time.sleep(min(at - now, _MAX_PACE_WAIT))
 
     def refused(self, wait: float | None) -> None:
         with self._lock:

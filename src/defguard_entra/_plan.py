@@ -42,6 +42,7 @@ class Member:
     status: Status | None = None
     error: str | None = None
     kind: TokenKind | None = None
+    refused: bool = False  # Defguard refused the token request with a 4xx: nothing was minted
 
     @property
     def email(self) -> str | None:

@@ -590,7 +590,14 @@ class ProvisioningService:
         with no attribute named. A refusal (401/403) stops the run here, nothing minted."""
         assert member.entra is not None
         entra_id = member.entra.id
-        stored = (await self.entra.read_attributes(self.attribute_set, [entra_id])).get(entra_id) or {}
+        read_errors: dict[str, str] = {}
+        values = await self.entra.read_attributes(self.attribute_set, [entra_id], errors=read_errors)
+        if entra_id in read_errors:  # no current values to write back: nothing is written, nothing proven
+            note = f"write permission not proven: the probe could not read {entra_id} ({read_errors[entra_id]})"
+            log.warning("%s", note)
+            notes.append(note)
+            return
+        stored = values.get(entra_id) or {}
         plain = {k: _plain(v) for k, v in stored.items() if k in {ATTRIBUTE_TOKEN, ATTRIBUTE_URL}}
         same: dict[str, str | None] = {k: v for k, v in plain.items() if isinstance(v, str)}
         if not write:
@@ -696,6 +703,8 @@ class ProvisioningService:
             member.settle(Status.FAILED, f"Defguard: {exc}")
             if isinstance(exc, DefguardAPIError) and exc.status >= 500:
                 breaker.fault(exc)
+            # A 4xx answer (but a timeout's 408) is a refusal that changed nothing: no token to track.
+            member.refused = isinstance(exc, DefguardAPIError) and 400 <= exc.status < 500 and exc.status != 408
             return None
         breaker.success()
         return token
@@ -1450,7 +1459,7 @@ _STALE_REASON = (
 def _settled_safely(member: Member, minted: bool) -> bool:
     """May the journal forget this member? Yes when its new token is stored, or when Defguard surely minted nothing
     (it refused with a 4xx, which changes nothing); not after a write failed, a timeout or a 5xx."""
-    if member.status is Status.PROVISIONED:
+    if member.status is Status.PROVISIONED or member.refused:
         return True
     if minted:
         return False
