@@ -14,7 +14,6 @@ import pytest
 
 from defguard_entra import ClientConfigError, ConfigurationError, ProvisioningConfig, Secret, Settings
 from defguard_entra._client_config import (
-    FETCH_CONFIG_SCOPES,
     WriteOutcome,
     afetch_provisioning_config,
     config_from_attributes,
@@ -206,9 +205,11 @@ def test_member_directory_name_refuses_unsafe_names(upn: str) -> None:
 
 def test_fetch_config_scopes_are_least_privilege() -> None:
     from defguard_entra._credentials import graph_scopes
+    from defguard_entra._scopes import scopes_for
 
-    assert FETCH_CONFIG_SCOPES == ("User.Read", "CustomSecAttributeAssignment.Read.All")
-    assert graph_scopes(GraphSettings(auth=AuthMode.INTERACTIVE), FETCH_CONFIG_SCOPES) == [
+    fetch_config_scopes = scopes_for("fetch-config")
+    assert fetch_config_scopes == ("User.Read", "CustomSecAttributeAssignment.Read.All")
+    assert graph_scopes(GraphSettings(auth=AuthMode.INTERACTIVE), fetch_config_scopes) == [
         "https://graph.microsoft.com/User.Read",
         "https://graph.microsoft.com/CustomSecAttributeAssignment.Read.All",
     ]

@@ -113,7 +113,7 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 #: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``_service``, ``_client_config`` ←
 #: ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does not name are
 #: placed where their imports and importers put them: ``_version`` and ``_files`` are leaves; ``_retry`` and
-#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_loop`` and ``_checks`` sit with the adapters;
+#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the adapters;
 #: ``testing`` is below only ``cli`` (its ``demo``). A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
@@ -130,7 +130,8 @@ LAYERS = {
     "_odata": 4,
     "_durations": 4,
     "_plan": 4,
-    "_loop": 4,
+    "_sync": 4,
+    "_scopes": 2,
     "_checks": 4,
     "_journal": 4,
     "_service": 5,

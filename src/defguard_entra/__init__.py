@@ -29,6 +29,7 @@ from .exceptions import (
     UnexpectedResponseError,
 )
 from .models import (
+    AttributeSetCheck,
     CheckItem,
     Checklist,
     CheckState,
@@ -36,8 +37,14 @@ from .models import (
     DefguardGroup,
     DefguardServer,
     DefguardUser,
+    EnrolledPolicy,
+    EnrollmentAttributes,
+    EntraGroup,
     EntraUser,
+    GraphPrincipal,
+    GroupSource,
     IssuedToken,
+    Match,
     MatchedBy,
     Outcome,
     ProvisioningConfig,
@@ -45,6 +52,7 @@ from .models import (
     Secret,
     Status,
     TokenKind,
+    WriteResult,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncEntraClient",
+    "AttributeSetCheck",
     "AuthMode",
     "CheckItem",
     "CheckState",
@@ -84,14 +93,20 @@ __all__ = [
     "DefguardUnreachableError",
     "DefguardUser",
     "DefguardUserDisabledError",
+    "EnrolledPolicy",
+    "EnrollmentAttributes",
     "EntraAPIError",
     "EntraAuthError",
     "EntraClient",
     "EntraError",
+    "EntraGroup",
     "EntraUser",
     "ExportManifest",
+    "GraphPrincipal",
     "GraphSettings",
+    "GroupSource",
     "IssuedToken",
+    "Match",
     "MatchedBy",
     "Outcome",
     "PreflightError",
@@ -107,6 +122,7 @@ __all__ = [
     "TokenKind",
     "UnexpectedResponseError",
     "WriteOutcome",
+    "WriteResult",
     "afetch_provisioning_config",
     "deep_link",
     "default_provisioning_path",

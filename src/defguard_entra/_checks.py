@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ._plan import enrollment_url_problem
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, DEFAULT_ATTRIBUTE_SET
-from .models import CheckItem, CheckState, DefguardDeployment
+from .config import DEFAULT_ATTRIBUTE_SET
+from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, CheckItem, CheckState, DefguardDeployment, GraphPrincipal
 
 if TYPE_CHECKING:
     from ._entra import AttributeSetCheck
@@ -55,57 +55,9 @@ OK, FAIL, WARN, SKIP = CheckState.OK, CheckState.FAIL, CheckState.WARN, CheckSta
 # -- who is calling Graph ------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class GraphPrincipal:
-    """Who the Graph access token stands for. ``None`` in a permission field means "the token does not say"."""
-
-    kind: str  # "delegated" | "application" | "unknown"
-    user: str | None = None  # delegated: the signed-in user's UPN
-    client_id: str | None = None
-    scopes: frozenset[str] | None = None  # delegated: the token's ``scp``
-    app_permissions: frozenset[str] | None = None  # application: the token's ``roles``
-    directory_roles: frozenset[str] | None = None  # delegated: ``wids`` (role template ids), when emitted
-
-    def describe(self) -> str:
-        client = f"client id {self.client_id}" if self.client_id else "client id unknown"
-        if self.kind == "delegated":
-            return f"signed in as {self.user or 'an unknown user'} ({client})"
-        if self.kind == "application":
-            return f"application ({client})"
-        return f"unknown principal ({client})"
-
-    def to_audit(self) -> dict[str, Any]:
-        return {"type": self.kind, "user": self.user, "client_id": self.client_id}
-
-
 def principal_from_claims(claims: Mapping[str, Any] | None) -> GraphPrincipal | None:
-    """Read ``scp``/``roles``/``wids``/``upn``/``appid`` from decoded token claims; ``None`` for no claims."""
-    if not claims:
-        return None
-    client_id = _text(claims.get("appid")) or _text(claims.get("azp"))
-    if isinstance(claims.get("scp"), str):
-        wids = claims.get("wids")
-        return GraphPrincipal(
-            "delegated",
-            user=_text(claims.get("upn"))
-            or _text(claims.get("unique_name"))
-            or _text(claims.get("preferred_username")),
-            client_id=client_id,
-            scopes=frozenset(s.lower() for s in str(claims["scp"]).split()),
-            directory_roles=frozenset(str(w).lower() for w in wids) if isinstance(wids, list) else None,
-        )
-    roles = claims.get("roles")
-    if isinstance(roles, list) or claims.get("idtyp") == "app":
-        return GraphPrincipal(
-            "application",
-            client_id=client_id,
-            app_permissions=frozenset(str(r).lower() for r in roles) if isinstance(roles, list) else frozenset(),
-        )
-    return GraphPrincipal("unknown", client_id=client_id)
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if isinstance(value, str) and value else None
+    """Who the token stands for (:meth:`GraphPrincipal.from_claims`)."""
+    return GraphPrincipal.from_claims(claims)
 
 
 # -- Graph permissions ---------------------------------------------------------------------------------------------

@@ -28,18 +28,18 @@ from urllib.parse import quote, urlencode, urlsplit
 import attrs
 
 from ._files import csv_bytes, write_private_file
-from ._loop import LoopThread
+from ._scopes import scopes_for
+from ._sync import LoopThread
 from ._version import __version__
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, DEFAULT_ATTRIBUTE_SET, AuthMode, GraphSettings, Settings
+from .config import DEFAULT_ATTRIBUTE_SET, AuthMode, GraphSettings, Settings
 from .exceptions import ClientConfigError, ConfigurationError, EntraError
-from .models import ProvisioningConfig, Report, Secret, Status
+from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, EnrollmentAttributes, ProvisioningConfig, Report, Secret, Status
 
 if TYPE_CHECKING:
     from ._entra import AsyncEntraClient
 
 __all__ = [
     "CLIENT_IDENTIFIER",
-    "FETCH_CONFIG_SCOPES",
     "MANIFEST_CSV",
     "MANIFEST_JSON",
     "PROVISIONING_FILENAME",
@@ -69,7 +69,6 @@ PROVISIONING_FILENAME = "provisioning.json"
 MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
 #: Delegated scopes ``fetch-config`` asks for: the signed-in user and reading custom security attributes only.
-FETCH_CONFIG_SCOPES = ("User.Read", "CustomSecAttributeAssignment.Read.All")
 
 _APPLICATION_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY})
 _ROOT_HOMES = {"darwin": "/var/root", "linux": "/root"}
@@ -156,15 +155,11 @@ def config_from_attributes(values: Mapping[str, Any] | None, attribute_set: str)
     returned nothing). Raises :class:`ClientConfigError` with ``reason`` ``"missing"`` when neither value is
     there and ``"incomplete"`` when only one is, or the URL is not an http(s) URL. Messages never hold the token.
     """
-    raw_url = values.get(ATTRIBUTE_URL) if values else None
-    raw_token = values.get(ATTRIBUTE_TOKEN) if values else None
-    if isinstance(raw_token, Secret):
-        raw_token = raw_token.value
-    url = raw_url.strip() if isinstance(raw_url, str) else ""
-    token = raw_token.strip() if isinstance(raw_token, str) else ""
+    pair = EnrollmentAttributes.from_graph(values) or EnrollmentAttributes()
+    url, token = pair.url or "", pair.token.value if pair.token else ""
     where = f"attribute set {attribute_set!r}"
     if not url and not token:
-        if raw_url is not None or raw_token is not None:
+        if pair.not_text:
             raise ClientConfigError(
                 f"{where} holds {ATTRIBUTE_URL} and {ATTRIBUTE_TOKEN}, but not as text", "incomplete"
             )
@@ -325,7 +320,7 @@ def fetch_provisioning_config(
 
     Blocking; runs the async client on a private event loop, so it also works from a notebook. ``credential``
     overrides sign-in (anything with ``get_token``); ``prompt`` receives device-code instructions. Asks only for
-    :data:`FETCH_CONFIG_SCOPES`. Raises :class:`ConfigurationError`, :class:`ClientConfigError` or
+    ``COMMAND_SCOPES["fetch-config"]``. Raises :class:`ConfigurationError`, :class:`ClientConfigError` or
     :class:`EntraError`.
 
     .. versionadded:: 0.1.0
@@ -348,15 +343,10 @@ def fetch_provisioning_config(
 
 
 async def _fetch(settings: Settings, credential: Any) -> ProvisioningConfig:
-    from ._credentials import graph_scopes  # noqa: PLC0415
     from ._entra import AsyncEntraClient  # noqa: PLC0415 - msgraph: only when used
 
-    async with AsyncEntraClient(
-        settings.graph,
-        credential,
-        scopes=graph_scopes(settings.graph, FETCH_CONFIG_SCOPES),
-        retry=settings.retry,
-        timeout=max(settings.timeout, 30.0),
+    async with AsyncEntraClient.from_settings(
+        settings, credential=credential, scopes=scopes_for("fetch-config")
     ) as entra:
         await entra.sign_in()
         return await afetch_provisioning_config(entra, settings.attribute_set)

@@ -14,11 +14,10 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 from urllib.parse import quote, urlencode
 
-import attrs
 import httpx
 import stamina
 from kiota_abstractions.method import Method
@@ -34,9 +33,20 @@ from . import _odata
 from ._credentials import close_quietly
 from ._plan import chunked
 from ._retry import Retryable, RetryPolicy, parse_retry_after
-from .config import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, BATCH_LIMIT, GraphSettings
+from ._scopes import COMMAND_SCOPES
+from .config import BATCH_LIMIT, GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
-from .models import EntraUser, MatchedBy, Secret
+from .models import (
+    ATTRIBUTE_TOKEN,
+    ATTRIBUTE_URL,
+    AttributeSetCheck,
+    EntraGroup,
+    EntraUser,
+    Match,
+    MatchedBy,
+    Secret,
+    WriteResult,
+)
 
 __all__ = ["AsyncEntraClient", "AttributeSetCheck", "Match", "WriteResult"]
 
@@ -45,46 +55,9 @@ log = logging.getLogger(__name__)
 WRITE_TYPE = "#Microsoft.DirectoryServices.CustomSecurityAttributeValue"
 USER_SELECT = "id,userPrincipalName,mail,otherMails,displayName,accountEnabled"
 _RETRYABLE = frozenset({429, 503, 504})
+#: Graph calls get at least this long (seconds): a ``$batch`` of 20 writes under throttling takes a while.
+GRAPH_MIN_TIMEOUT = 30.0
 T = TypeVar("T")
-
-
-@attrs.frozen
-class Match:
-    """How one e-mail address resolved in Entra: a unique user, nobody, or several (``candidates``)."""
-
-    user: EntraUser | None = None
-    matched_by: MatchedBy | None = None
-    candidates: tuple[str, ...] = ()
-    error: str | None = None
-
-    @property
-    def unique(self) -> bool:
-        return self.user is not None
-
-    @property
-    def ambiguous(self) -> bool:
-        return len(self.candidates) > 1
-
-
-@attrs.frozen
-class WriteResult:
-    ok: bool
-    status: int
-    error: str | None = None
-    retries: int = 0
-
-
-@attrs.frozen
-class AttributeSetCheck:
-    """What the attribute definitions say: ``readable`` False when the caller may not read them."""
-
-    readable: bool
-    set_exists: bool = False
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.readable and self.set_exists and not self.problems
 
 
 class _RateLimiter:
@@ -251,6 +224,43 @@ class AsyncEntraClient:
         self.limiter = _RateLimiter(write_rate)
         self._batches = asyncio.Semaphore(max(1, parallel_batches))
         self.stats: dict[str, int] = {"requests": 0, "throttled": 0, "retries": 0}
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        credential: Any = None,
+        prompt: Callable[[str], None] | None = None,
+        scopes: Sequence[str] | None = None,
+    ) -> Self:
+        """A client for ``settings.graph`` with the settings' retry policy, write rate and timeout: the one place
+        :class:`Settings` become a Graph client.
+
+        ``credential`` overrides the sign-in the settings say (it is then borrowed, not closed); otherwise one is
+        built and owned. ``scopes`` are the delegated permissions to ask for in interactive or device-code sign-in
+        (default: what ``provision`` needs); ``prompt`` receives device-code instructions. Call it on the event
+        loop that will drive the client. Raises :class:`~defguard_entra.ConfigurationError` before any request.
+        """
+        from ._credentials import build_credential, graph_scopes  # noqa: PLC0415 - azure.identity: only when used
+
+        settings.validate()
+        graph = settings.graph
+        owned = build_credential(graph, prompt=prompt) if credential is None else None
+        try:
+            return cls(
+                graph,
+                owned if owned is not None else credential,
+                scopes=graph_scopes(graph, COMMAND_SCOPES["provision"] if scopes is None else scopes),
+                retry=settings.retry,
+                write_rate=settings.graph_write_rate,
+                timeout=max(settings.timeout, GRAPH_MIN_TIMEOUT),
+                owns_credential=owned is not None,
+            )
+        except BaseException:
+            if owned is not None:
+                close_quietly(owned)
+            raise
 
     async def aclose(self) -> None:
         """Close the HTTP connections we opened, and the credential when it is ours (``owns_credential``)."""
@@ -606,10 +616,10 @@ class AsyncEntraClient:
 
     # -- groups ----------------------------------------------------------------------------------------------
 
-    async def find_groups(self, display_name: str) -> list[dict[str, Any]]:
+    async def find_groups(self, display_name: str) -> list[EntraGroup]:
         """Groups whose displayName equals ``display_name`` (names are not unique in Entra)."""
         url = self._url("/groups", {"$filter": _odata.eq("displayName", display_name), "$select": "id,displayName"})
-        return await self._get_all(url)
+        return [EntraGroup.from_api(row) for row in await self._get_all(url) if "id" in row]
 
     async def group_members(self, group_id: str, *, transitive: bool = True) -> list[EntraUser]:
         """The users in a group (nested groups flattened when ``transitive``), each once."""

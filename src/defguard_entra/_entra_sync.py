@@ -4,7 +4,7 @@ The Graph SDK is async. Hiding that with ``asyncio.run()`` per call breaks twice
 second call on one client fails with "Event loop is closed", because the SDK's HTTP client belongs to the first,
 now closed, loop; and in a notebook cell, which already runs a loop, ``asyncio.run()`` refuses to start at all.
 
-So an :class:`EntraClient` owns one private event loop in a daemon thread (:class:`~defguard_entra._loop.LoopThread`)
+So an :class:`EntraClient` owns one private event loop in a daemon thread (:class:`~defguard_entra._sync.LoopThread`)
 for its whole life. Its :class:`AsyncEntraClient` is *created on that loop*, so the SDK's HTTP client is born on the
 loop that will drive it; every method hands its coroutine to that loop and waits. This works from scripts, from
 several threads at once, and from inside a running event loop (a notebook cell, or code under ``asyncio.run``).
@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from ._entra import AsyncEntraClient, AttributeSetCheck, Match, WriteResult
-from ._loop import LoopThread
 from ._retry import RetryPolicy
-from .config import PROVISION_SCOPES, GraphSettings, Settings
-from .models import EntraUser
+from ._scopes import COMMAND_SCOPES
+from ._sync import LoopThread
+from .config import GraphSettings, Settings
+from .models import EntraGroup, EntraUser
 
 __all__ = ["DEFAULT_SCOPES", "EntraClient"]
 
@@ -28,7 +29,7 @@ __all__ = ["DEFAULT_SCOPES", "EntraClient"]
 #: users, check the attribute set, write and read the attributes (the same as ``provision``; least privilege, see
 #: ``docs/entra-setup.md``). Add ``"GroupMember.Read.All"`` to use :meth:`EntraClient.find_groups` and
 #: :meth:`EntraClient.group_members`. App-only sign-in always asks for ``<Graph root>/.default``.
-DEFAULT_SCOPES = PROVISION_SCOPES
+DEFAULT_SCOPES = COMMAND_SCOPES["provision"]
 
 
 class EntraClient:
@@ -55,11 +56,8 @@ class EntraClient:
         timeout: float = 60.0,
         owns_credential: bool = False,
     ) -> None:
-        self._closed = False
-        self._loop = LoopThread(name="defguard-entra-graph")
-
-        async def build() -> AsyncEntraClient:  # runs on the private loop: the SDK's HTTP client is born there
-            return AsyncEntraClient(
+        self._start(
+            lambda: AsyncEntraClient(
                 settings,
                 credential,
                 scopes=scopes,
@@ -69,6 +67,20 @@ class EntraClient:
                 timeout=timeout,
                 owns_credential=owns_credential,
             )
+        )
+
+    @classmethod
+    def _wrapping(cls, factory: Callable[[], AsyncEntraClient]) -> Self:
+        client = cls.__new__(cls)
+        client._start(factory)  # noqa: SLF001 - the instance is ours
+        return client
+
+    def _start(self, factory: Callable[[], AsyncEntraClient]) -> None:
+        self._closed = False
+        self._loop = LoopThread(name="defguard-entra-graph")
+
+        async def build() -> AsyncEntraClient:  # runs on the private loop: the SDK's HTTP client is born there
+            return factory()
 
         try:
             self._client = self._loop.run(build())
@@ -95,26 +107,10 @@ class EntraClient:
 
         .. versionadded:: 0.1.0
         """
-        from ._credentials import build_credential, graph_scopes  # noqa: PLC0415 - azure.identity: only when used
-
         settings.validate()
-        graph = settings.graph
-        owned = build_credential(graph, prompt=prompt) if credential is None else None
-        try:
-            client = cls(
-                graph,
-                owned if owned is not None else credential,
-                scopes=graph_scopes(graph, DEFAULT_SCOPES if scopes is None else scopes),
-                retry=settings.retry,
-                write_rate=settings.graph_write_rate,
-                timeout=max(settings.timeout, 30.0),
-                owns_credential=owned is not None,
-            )
-        except BaseException:
-            if owned is not None:
-                owned.close()
-            raise
-        return client
+        return cls._wrapping(
+            lambda: AsyncEntraClient.from_settings(settings, credential=credential, prompt=prompt, scopes=scopes)
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -177,7 +173,7 @@ class EntraClient:
         """Resolve e-mail addresses (by mail, then userPrincipalName, then otherMails); keys are lower-cased."""
         return self._loop.run(self._client.find_users(addresses))
 
-    def find_groups(self, display_name: str) -> list[dict[str, Any]]:
+    def find_groups(self, display_name: str) -> list[EntraGroup]:
         """Groups whose displayName equals ``display_name`` (names are not unique in Entra)."""
         return self._loop.run(self._client.find_groups(display_name))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Literal, TypeVar, get_args
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 from .config import ATTRIBUTE_VALUE_LIMIT
-from .models import DefguardUser, EntraUser, MatchedBy, Status, TokenKind
+from .models import ENROLLED_POLICIES, DefguardUser, EnrolledPolicy, EntraUser, MatchedBy, Status, TokenKind
 
 __all__ = [
     "ENROLLED_POLICIES",
@@ -23,11 +23,6 @@ __all__ = [
     "map_entra_members",
 ]
 
-EnrolledPolicy = Literal["auto", "desktop", "skip"]
-"""Who gets a token: ``auto`` every member without a device (enrollment token where Defguard accepts one, else
-desktop activation); ``desktop`` also members with a device (desktop activation); ``skip`` only members Defguard
-does not flag ``enrolled`` (the rule before 0.2, which misses directory-synced users)."""
-ENROLLED_POLICIES: tuple[str, ...] = get_args(EnrolledPolicy)
 T = TypeVar("T")
 
 

@@ -39,7 +39,6 @@ from ._checks import (
     read_users_item,
 )
 from ._journal import Journal, RunLock, run_key
-from ._loop import LoopThread
 from ._plan import (
     ENROLLED_POLICIES,
     EnrolledPolicy,
@@ -50,14 +49,13 @@ from ._plan import (
     enrollment_url_problem,
     map_entra_members,
 )
+from ._scopes import COMMAND_SCOPES
+from ._sync import LoopThread
 from ._version import __version__
 from .config import (
-    ATTRIBUTE_TOKEN,
-    ATTRIBUTE_URL,
     BATCH_LIMIT,
     DEFAULT_ATTRIBUTE_SET,
     GRAPH_CLI_CLIENT_ID,
-    PROVISION_SCOPES,
     AuthMode,
     Settings,
     proxy_for,
@@ -71,24 +69,25 @@ from .exceptions import (
     DefguardUnreachableError,
     DefguardUserDisabledError,
     EntraAPIError,
-    EntraAuthError,
     EntraError,
     PreflightError,
     ServiceStateError,
 )
 from .models import (
+    ATTRIBUTE_TOKEN,
+    ATTRIBUTE_URL,
     CheckItem,
     Checklist,
     CheckState,
     DefguardDeployment,
     DefguardServer,
     DefguardUser,
+    EnrollmentAttributes,
     EntraUser,
     IssuedToken,
     Outcome,
     ProvisioningConfig,
     Report,
-    Secret,
     Status,
     TokenKind,
 )
@@ -104,18 +103,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while members are processed."""
-
-#: Added to the provisioning scopes when the group is an Entra group.
-GROUP_SCOPES = ("GroupMember.Read.All",)
-#: ``status`` reads users and attributes; ``clear`` and ``check`` need what ``provision`` needs.
-STATUS_SCOPES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All", "CustomSecAttributeDefinition.Read.All")
-CLEAR_SCOPES = CHECK_SCOPES = PROVISION_SCOPES
-#: Delegated scopes ``export`` (without ``--provision``) asks for: find users, read attributes, check the set.
-EXPORT_SCOPES = (
-    "User.Read.All",
-    "CustomSecAttributeAssignment.Read.All",
-    "CustomSecAttributeDefinition.Read.All",
-)
 
 
 def _now() -> dt.datetime:
@@ -195,17 +182,15 @@ class ProvisioningService:
         *,
         credential: Any = None,
         prompt: Callable[[str], None] | None = None,
-        delegated_scopes: Sequence[str] = PROVISION_SCOPES,
+        delegated_scopes: Sequence[str] = COMMAND_SCOPES["provision"],
         state_dir: Path | None = None,
     ) -> Self:
         """Wire real clients from :class:`Settings` (the only place that does). ``credential`` overrides sign-in."""
-        from ._credentials import build_credential, graph_scopes  # noqa: PLC0415 - heavy, only when used
-        from ._defguard import DefguardClient  # noqa: PLC0415
+        from ._defguard import DefguardClient  # noqa: PLC0415 - heavy, only when used
         from ._entra import AsyncEntraClient  # noqa: PLC0415
 
         settings.validate()
         url, token = settings.require_defguard()
-        cred = credential if credential is not None else build_credential(settings.graph, prompt=prompt)
         defguard = DefguardClient(
             url,
             token,
@@ -215,15 +200,7 @@ class ProvisioningService:
             pool_size=settings.concurrency,
             proxy=proxy_for(url, settings.proxies),
         )
-        entra = AsyncEntraClient(
-            settings.graph,
-            cred,
-            scopes=graph_scopes(settings.graph, delegated_scopes),
-            retry=settings.retry,
-            write_rate=settings.graph_write_rate,
-            timeout=max(settings.timeout, 30.0),
-            owns_credential=credential is None,
-        )
+        entra = AsyncEntraClient.from_settings(settings, credential=credential, prompt=prompt, scopes=delegated_scopes)
         return cls(
             defguard,
             entra,
@@ -518,9 +495,9 @@ class ProvisioningService:
         if not groups:
             raise PreflightError(f"Entra has no group with displayName {group_name!r}: check --group-name")
         if len(groups) > 1:
-            ids = ", ".join(str(g.get("id")) for g in groups)
+            ids = ", ".join(g.id for g in groups)
             raise PreflightError(f"{len(groups)} Entra groups are named {group_name!r} ({ids}): rename one")
-        entra_members = await self.entra.group_members(str(groups[0]["id"]))
+        entra_members = await self.entra.group_members(groups[0].id)
         users = await self._dg(self.defguard.users)
         entra_members.sort(key=lambda u: (u.user_principal_name.lower(), u.id))
         return server.version, map_entra_members(entra_members, users.values())
@@ -578,10 +555,10 @@ class ProvisioningService:
         errors: dict[str, str] = {}
         stored = await self.entra.read_attributes(self.attribute_set, ids, errors=errors)
         for member in todo:
-            values = stored.get(member.entra.id) if member.entra else None
+            pair = EnrollmentAttributes.from_graph(stored.get(member.entra.id)) if member.entra else None
             if member.entra is not None and member.entra.id in errors:  # never mint blind: the read failed
                 member.settle(Status.FAILED, f"could not read what is stored ({errors[member.entra.id]}): not minted")
-            elif values and values.get(ATTRIBUTE_TOKEN) and values.get(ATTRIBUTE_URL):
+            elif pair is not None and pair.complete:
                 member.settle(Status.EXISTING)
 
     async def _probe_write(self, member: Member, notes: list[str], *, write: bool = True) -> None:
@@ -597,9 +574,9 @@ class ProvisioningService:
             log.warning("%s", note)
             notes.append(note)
             return
-        stored = values.get(entra_id) or {}
-        plain = {k: _plain(v) for k, v in stored.items() if k in {ATTRIBUTE_TOKEN, ATTRIBUTE_URL}}
-        same: dict[str, str | None] = {k: v for k, v in plain.items() if isinstance(v, str)}
+        stored = EnrollmentAttributes.from_graph(values.get(entra_id))
+        # What is stored, written back; with nothing stored (or nothing readable) the set with no attribute named.
+        same = stored.to_graph() if stored is not None and not stored.not_text else {}
         if not write:
             return
         result = (await self.entra.write_attributes(self.attribute_set, {entra_id: same}))[entra_id]
@@ -748,7 +725,7 @@ class ProvisioningService:
             if enrollment_url_problem(result.url, self.defguard.url, self.defguard.server().major) is not None:
                 continue  # settled by the caller (the first token minted) — a URL cannot change between members
             assert member.entra is not None
-            to_write[member.entra.id] = {ATTRIBUTE_TOKEN: result.token.value, ATTRIBUTE_URL: result.url}
+            to_write[member.entra.id] = EnrollmentAttributes(token=result.token, url=result.url).to_graph()
             owners[member.entra.id] = member
         if to_write:
             try:
@@ -1060,7 +1037,7 @@ class ProvisioningService:
                 for member in chunk:
                     member.settle(Status.FAILED, f"not attempted: {abort}")
             else:
-                values = {m.entra.id: {ATTRIBUTE_TOKEN: None, ATTRIBUTE_URL: None} for m in chunk if m.entra}
+                values = {m.entra.id: EnrollmentAttributes().to_graph() for m in chunk if m.entra}
                 try:
                     results = await self.entra.write_attributes(self.attribute_set, values)
                 except EntraError as exc:
@@ -1267,7 +1244,7 @@ class ProvisioningService:
     async def _probe_target(self, group_name: str, group_source: str) -> EntraUser | None:
         if group_source == "entra":
             groups = await self.entra.find_groups(group_name)
-            members = await self.entra.group_members(str(groups[0]["id"])) if len(groups) == 1 else []
+            members = await self.entra.group_members(groups[0].id) if len(groups) == 1 else []
             return members[0] if members else None
         group = await self._dg(self.defguard.find_group, group_name)
         if group is None:
@@ -1301,7 +1278,7 @@ class ProvisioningService:
             return CheckItem(
                 "group", title, CheckState.FAIL, f"{len(groups)} Entra groups have this displayName", "rename one"
             )
-        members = await self.entra.group_members(str(groups[0]["id"]))
+        members = await self.entra.group_members(groups[0].id)
         size = len(members)
         return CheckItem(
             "group", title, CheckState.OK if size else CheckState.WARN, f"{size} user member{'s' if size != 1 else ''}"
@@ -1313,8 +1290,6 @@ class ProvisioningService:
         if principal.kind == "unknown" or (principal.kind == "delegated" and not principal.user):
             try:
                 me = await self.entra.me()
-            except EntraAuthError:
-                raise
             except EntraAPIError as exc:
                 if exc.status == 400:  # "/me request is only valid with delegated authentication flow"
                     principal = attrs.evolve(principal, kind="application")
@@ -1538,28 +1513,18 @@ def _would_mint(member: Member, enrolled: EnrolledPolicy, line: int) -> tuple[To
 
 
 def _stored_status(values: Mapping[str, Any] | None) -> Status:
-    has_token = bool(values and values.get(ATTRIBUTE_TOKEN))
-    has_url = bool(values and values.get(ATTRIBUTE_URL))
-    if has_token and has_url:
-        return Status.SET
-    return Status.PARTIAL if has_token or has_url else Status.NOT_SET
+    pair = EnrollmentAttributes.from_graph(values)
+    if pair is None or pair.empty:
+        return Status.NOT_SET
+    return Status.SET if pair.complete else Status.PARTIAL
 
 
 def _with_stored(outcome: Outcome, values: Mapping[str, Any] | None) -> Outcome:
     """The outcome with what the attribute set held when read (the token as a :class:`Secret`)."""
-    if not values:
+    pair = EnrollmentAttributes.from_graph(values)
+    if pair is None:
         return outcome
-    token, url = values.get(ATTRIBUTE_TOKEN), values.get(ATTRIBUTE_URL)
-    return attrs.evolve(
-        outcome,
-        enrollment_url=str(url) if url else None,
-        enrollment_token=(token if isinstance(token, Secret) else Secret(str(token))) if token else None,
-    )
-
-
-def _plain(value: object) -> object:
-    """A stored value as Graph holds it (a :class:`Secret` unwrapped), for writing it back unchanged."""
-    return value.value if isinstance(value, Secret) else value
+    return attrs.evolve(outcome, enrollment_url=pair.url, enrollment_token=pair.token)
 
 
 class _Phases:

@@ -28,12 +28,11 @@ from typing import Any, TextIO
 import attrs
 
 from ._durations import parse_lifetime
-from ._plan import ENROLLED_POLICIES
 from ._redact import RedactingFilter, secrets_in_argv
+from ._scopes import scopes_for
 from ._version import __version__
 from .config import (
     DEFAULT_ATTRIBUTE_SET,
-    PROVISION_SCOPES,
     AuthMode,
     Cloud,
     Settings,
@@ -43,7 +42,7 @@ from .config import (
     validate_seconds,
 )
 from .exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
-from .models import Report, Secret
+from .models import ENROLLED_POLICIES, Report, Secret
 
 __all__ = ["EXIT_FAILED", "EXIT_FATAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -628,9 +627,9 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import ProvisioningService  # noqa: PLC0415
 
-    scopes = PROVISION_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    scopes = scopes_for("provision", args.group_source)
     with ProvisioningService.from_settings(
         settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
     ) as service:
@@ -902,11 +901,9 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import EXPORT_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import ProvisioningService  # noqa: PLC0415
 
-    scopes = (PROVISION_SCOPES if args.provision else EXPORT_SCOPES) + (
-        GROUP_SCOPES if args.group_source == "entra" else ()
-    )
+    scopes = scopes_for("provision" if args.provision else "export", args.group_source)
     with ProvisioningService.from_settings(
         settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
     ) as service:
@@ -1134,9 +1131,9 @@ def _prepare(args: argparse.Namespace, ctx: _Context, verb: str) -> tuple[Settin
 def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
     settings, report_path = _prepare(args, ctx, "show")
     from ._render import format_status_table  # noqa: PLC0415
-    from ._service import GROUP_SCOPES, STATUS_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import ProvisioningService  # noqa: PLC0415
 
-    scopes = STATUS_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    scopes = scopes_for("status", args.group_source)
     with ProvisioningService.from_settings(
         settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
     ) as service:
@@ -1149,9 +1146,9 @@ def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
 
 def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
     settings, report_path = _prepare(args, ctx, "clear")
-    from ._service import CLEAR_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import ProvisioningService  # noqa: PLC0415
 
-    scopes = CLEAR_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    scopes = scopes_for("clear", args.group_source)
     with ProvisioningService.from_settings(
         settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
     ) as service:
@@ -1171,9 +1168,9 @@ def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
     settings, _ = _prepare(args, ctx, "check")
     from ._render import format_checklist  # noqa: PLC0415
-    from ._service import CHECK_SCOPES, GROUP_SCOPES, ProvisioningService  # noqa: PLC0415
+    from ._service import ProvisioningService  # noqa: PLC0415
 
-    scopes = CHECK_SCOPES + (GROUP_SCOPES if args.group_source == "entra" else ())
+    scopes = scopes_for("check", args.group_source)
     with ProvisioningService.from_settings(
         settings, prompt=ctx.console.info, delegated_scopes=scopes, state_dir=_state_dir(ctx)
     ) as service:

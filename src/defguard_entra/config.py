@@ -23,8 +23,6 @@ from .exceptions import ConfigurationError
 from .models import Secret
 
 __all__ = [
-    "ATTRIBUTE_TOKEN",
-    "ATTRIBUTE_URL",
     "DEFAULT_ATTRIBUTE_SET",
     "GRAPH_CLI_CLIENT_ID",
     "AuthMode",
@@ -41,17 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_ATTRIBUTE_SET = "Defguard"
-ATTRIBUTE_TOKEN = "EnrollmentToken"  # noqa: S105 - an attribute name
-ATTRIBUTE_URL = "EnrollmentUrl"
 #: Microsoft Graph Command Line Tools: the public client ``Connect-MgGraph`` (and so the PowerShell script) uses.
 GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
-#: Delegated scopes for provisioning (least privilege; ``docs/entra-setup.md``): find users, check the attribute
-#: set, write and read the attributes. App-only sign-in always asks for ``<Graph root>/.default`` instead.
-PROVISION_SCOPES = (
-    "User.Read.All",
-    "CustomSecAttributeAssignment.ReadWrite.All",
-    "CustomSecAttributeDefinition.Read.All",
-)
 #: Graph's limit on the requests in one JSON ``$batch``.
 BATCH_LIMIT = 20
 #: Graph's limit on a custom security attribute's string value.

@@ -6,6 +6,9 @@ Per-member problems (no Entra match, an ambiguous match, a failed write) are not
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 __all__ = [
     "ClientConfigError",
     "ConfigurationError",
@@ -131,5 +134,6 @@ class EntraAPIError(EntraError):
         where = f"{self.method} {self.url} → " if self.method else ""
         return f"Graph {where}{self.status} {self.code}: {self.message}"
 
-    def __reduce__(self) -> tuple[type, tuple[int, str, str]]:
-        return (type(self), (self.status, self.code, self.message))
+    def __reduce__(self) -> tuple[Any, tuple[int, str, str]]:
+        # Pickled whole (multiprocessing, a notebook's parallel map): ``method`` and ``url`` are keyword-only.
+        return (functools.partial(type(self), method=self.method, url=self.url), (self.status, self.code, self.message))

@@ -1,8 +1,5 @@
-"""Plain data: frozen attrs value objects shared by the clients, the service and the renderers.
-
-Wire shapes are turned into these by the adapters (``from_api``); nothing past the adapters sees a raw payload.
-Tokens are :class:`Secret` so that ``repr``, logs and reports never show them by accident.
-"""
+"""The results a command returns: one :class:`Outcome` per member in a :class:`Report`, and ``check``'s
+:class:`Checklist`."""
 
 from __future__ import annotations
 
@@ -10,231 +7,14 @@ import datetime as dt
 import enum
 import html
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
-__all__ = [
-    "CheckItem",
-    "CheckState",
-    "Checklist",
-    "DefguardDeployment",
-    "DefguardGroup",
-    "DefguardServer",
-    "DefguardUser",
-    "EntraUser",
-    "IssuedToken",
-    "MatchedBy",
-    "Outcome",
-    "ProvisioningConfig",
-    "Report",
-    "Secret",
-    "Status",
-    "TokenKind",
-]
+from ._values import MatchedBy, Secret, Status, TokenKind
 
-
-@attrs.frozen(repr=False)
-class Secret:
-    """A string that must not leak: ``repr`` and ``str`` hide it; :meth:`masked` shows the first 4 characters."""
-
-    value: str
-
-    def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
-
-    def masked(self) -> str:
-        """The first four characters then ``…`` (the report format); an empty secret stays empty."""
-        return f"{self.value[:4]}…" if self.value else ""
-
-    def __bool__(self) -> bool:
-        return bool(self.value)
-
-
-class Status(enum.StrEnum):
-    """Where a group member ended up. The value is what reports and exit codes use."""
-
-    PROVISIONED = "provisioned"
-    ALREADY_ENROLLED = "already_enrolled"
-    DISABLED = "disabled"
-    ENTRA_DISABLED = "entra_disabled"  # the Entra account is disabled (accountEnabled false): no token minted
-    NO_EMAIL = "no_email"
-    NOT_FOUND = "not_found"
-    AMBIGUOUS = "ambiguous"
-    NOT_IN_DEFGUARD = "not_in_defguard"
-    FAILED = "failed"
-    PLANNED = "planned"
-    EXISTING = "existing"
-    INTERRUPTED = "interrupted"
-    STALE = "stale"  # a token was minted by a run that did not finish: what Entra holds may be dead
-    # status / clear
-    CLEARED = "cleared"
-    NOT_SET = "not_set"
-    KEPT = "kept"
-    SET = "set"
-    PARTIAL = "partial"  # status: only one of EnrollmentToken and EnrollmentUrl is stored
-
-    @property
-    def is_problem(self) -> bool:
-        """True for the statuses that make a run exit 1."""
-        return self in _PROBLEMS
-
-
-_PROBLEMS = frozenset(
-    {Status.NO_EMAIL, Status.NOT_FOUND, Status.AMBIGUOUS, Status.NOT_IN_DEFGUARD, Status.FAILED, Status.STALE}
-)
-
-
-class TokenKind(enum.StrEnum):
-    ENROLLMENT = "enrollment"
-    DESKTOP = "desktop"
-
-
-class MatchedBy(enum.StrEnum):
-    MAIL = "mail"
-    USER_PRINCIPAL_NAME = "userPrincipalName"
-    OTHER_MAILS = "otherMails"
-
-
-def _lower_tuple(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(values)
-
-
-def _user_devices(row: Mapping[str, Any]) -> int | None:
-    """How many user devices a 2.x ``UserInfo`` lists (``devices``); ``None`` when the row has no such list (1.6)."""
-    devices = row.get("devices")
-    if not isinstance(devices, list):
-        return None
-    return sum(1 for d in devices if not isinstance(d, Mapping) or d.get("device_type", "user") == "user")
-
-
-@attrs.frozen
-class DefguardServer:
-    """What ``defguard-component-version`` says: e.g. ``1.6.6+abc…`` → line ``1``."""
-
-    version: str
-
-    @property
-    def semver(self) -> str:
-        return self.version.partition("+")[0]
-
-    @property
-    def major(self) -> int:
-        head = self.semver.split(".", 1)[0]
-        return int(head) if head.isdigit() else 1
-
-
-@attrs.frozen
-class DefguardUser:
-    username: str
-    email: str | None
-    active: bool
-    enrolled: bool
-    first_name: str = ""
-    last_name: str = ""
-    is_admin: bool = False
-    id: int | None = None
-    groups: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
-    devices: int | None = None
-    """How many devices the user has: the truth of "has enrolled" (``enrolled`` is also true for users created by
-    directory sync or SSO, who have none). ``None``: not known."""
-
-    @classmethod
-    def from_api(cls, row: Mapping[str, Any]) -> Self:
-        """Build from a ``UserInfo`` of either API line (2.x carries ``devices``; 1.6 needs the device list)."""
-        email = row.get("email")
-        return cls(
-            username=str(row["username"]),
-            email=str(email).strip() or None if email else None,
-            active=bool(row.get("is_active", True)),
-            enrolled=bool(row.get("enrolled", False)),
-            first_name=str(row.get("first_name") or ""),
-            last_name=str(row.get("last_name") or ""),
-            is_admin=bool(row.get("is_admin", False)),
-            id=row.get("id") if isinstance(row.get("id"), int) else None,
-            groups=tuple(str(g) for g in row.get("groups") or ()),
-            devices=_user_devices(row),
-        )
-
-
-@attrs.frozen
-class DefguardDeployment:
-    """How this Defguard runs, as far as an admin API token can read it before anything is minted.
-
-    ``enrollment_url`` is the URL the token endpoints will return (normalised with a trailing ``/`` when its path is
-    empty); ``token_lifetime`` the server's default lifetime, which desktop-activation tokens always get (2.x
-    ``enrollment_token_timeout_hours``; 1.6 does not expose it). ``external_openid``: an OpenID provider is
-    configured (``GET /api/v1/info``), so directory sync or SSO may create users who look enrolled. ``None``
-    means not known; ``problems`` says what could not be read.
-    """
-
-    enrollment_url: str | None = None
-    token_lifetime: dt.timedelta | None = None
-    external_openid: bool | None = None
-    ldap: bool | None = None
-    problems: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class DefguardGroup:
-    name: str
-    members: tuple[str, ...] = attrs.field(converter=_lower_tuple)
-    id: int | None = None
-
-    @classmethod
-    def from_api(cls, row: Mapping[str, Any]) -> Self:
-        return cls(
-            name=str(row["name"]),
-            members=tuple(str(m) for m in row.get("members") or ()),
-            id=row.get("id") if isinstance(row.get("id"), int) else None,
-        )
-
-
-@attrs.frozen
-class IssuedToken:
-    """A freshly minted enrollment (or desktop-configuration) token and the URL the client enrolls at."""
-
-    token: Secret
-    url: str
-    kind: TokenKind = TokenKind.ENROLLMENT
-    expires_at: dt.datetime | None = None
-    retries: int = 0
-
-
-@attrs.frozen
-class EntraUser:
-    id: str
-    user_principal_name: str
-    mail: str | None = None
-    other_mails: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
-    display_name: str | None = None
-    account_enabled: bool | None = None
-
-    @classmethod
-    def from_api(cls, row: Mapping[str, Any]) -> Self:
-        return cls(
-            id=str(row["id"]),
-            user_principal_name=str(row.get("userPrincipalName") or ""),
-            mail=row.get("mail") or None,
-            other_mails=tuple(str(m) for m in row.get("otherMails") or ()),
-            display_name=row.get("displayName"),
-            account_enabled=row.get("accountEnabled"),
-        )
-
-
-@attrs.frozen
-class ProvisioningConfig:
-    """The pair the desktop client needs: what ``provision`` stores and ``provisioning.json`` holds."""
-
-    enrollment_url: str
-    enrollment_token: Secret
-
-    def to_json_dict(self, *, reveal: bool = True) -> dict[str, str]:
-        token = self.enrollment_token.value if reveal else self.enrollment_token.masked()
-        return {"enrollment_url": self.enrollment_url, "enrollment_token": token}
+__all__ = ["OUTCOME_FIELDS", "CheckItem", "CheckState", "Checklist", "Outcome", "Report", "summarize"]
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -342,7 +122,7 @@ class Report:
 
     def to_dict(self, *, reveal_tokens: bool = False, include_users: bool = True) -> dict[str, Any]:
         """The report as JSON-ready data (``users`` last; left out with ``include_users=False``)."""
-        from ._version import __version__  # noqa: PLC0415
+        from .._version import __version__  # noqa: PLC0415
 
         data: dict[str, Any] = {
             "tool_version": self.tool_version or __version__,

@@ -1,0 +1,46 @@
+"""The delegated Microsoft Graph permissions each command signs in with: the one table of them.
+
+Least privilege, as ``docs/entra-setup.md`` explains each one. They matter only for delegated sign-in
+(interactive, device code); app-only sign-in always asks for ``<Graph root>/.default`` and gets what the app was
+granted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+from .models import GroupSource
+
+__all__ = ["COMMAND_SCOPES", "GROUP_SCOPES", "Command", "scopes_for"]
+
+Command = Literal["provision", "status", "clear", "check", "export", "fetch-config"]
+
+_READ_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All", "CustomSecAttributeDefinition.Read.All")
+_WRITE_ATTRIBUTES = (
+    "User.Read.All",
+    "CustomSecAttributeAssignment.ReadWrite.All",
+    "CustomSecAttributeDefinition.Read.All",
+)
+
+#: Per command: ``provision`` finds users, checks the attribute set, writes and reads the pair; ``clear`` writes
+#: nulls; ``check`` asks for what ``provision`` will need so that it tests the same sign-in; ``status`` and
+#: ``export`` only read; ``fetch-config`` reads the signed-in user's own pair.
+COMMAND_SCOPES: Mapping[Command, tuple[str, ...]] = MappingProxyType(
+    {
+        "provision": _WRITE_ATTRIBUTES,
+        "clear": _WRITE_ATTRIBUTES,
+        "check": _WRITE_ATTRIBUTES,
+        "status": _READ_ATTRIBUTES,
+        "export": _READ_ATTRIBUTES,
+        "fetch-config": ("User.Read", "CustomSecAttributeAssignment.Read.All"),
+    }
+)
+#: Added when the group is an Entra group (its members are read from Graph).
+GROUP_SCOPES = ("GroupMember.Read.All",)
+
+
+def scopes_for(command: Command, group_source: GroupSource = "defguard") -> tuple[str, ...]:
+    """The delegated scopes ``command`` needs with this group source (``export --provision`` is ``provision``)."""
+    return COMMAND_SCOPES[command] + (GROUP_SCOPES if group_source == "entra" else ())

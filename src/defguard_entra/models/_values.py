@@ -1,0 +1,100 @@
+"""The small value types every layer shares: secrets, statuses, token kinds and the policies a run takes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+import attrs
+
+__all__ = [
+    "ENROLLED_POLICIES",
+    "GROUP_SOURCES",
+    "EnrolledPolicy",
+    "GroupSource",
+    "MatchedBy",
+    "Secret",
+    "Status",
+    "TokenKind",
+    "as_tuple",
+]
+
+EnrolledPolicy = Literal["auto", "desktop", "skip"]
+"""What to do for a member who has a device: ``auto`` mints what Defguard accepts for members without one and skips
+those with one; ``desktop`` gives them a desktop-activation token for another device; ``skip`` skips every member
+Defguard counts as enrolled."""
+ENROLLED_POLICIES: tuple[EnrolledPolicy, ...] = get_args(EnrolledPolicy)
+
+GroupSource = Literal["defguard", "entra"]
+"""Where the group's members are read: a Defguard group (the documented flow) or an Entra group."""
+GROUP_SOURCES: tuple[GroupSource, ...] = get_args(GroupSource)
+
+
+def as_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    """The attrs converter for the tuple fields (lists from JSON become tuples; case is kept as the service sent it)."""
+    return tuple(values)
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A string that must not leak: ``repr`` and ``str`` hide it; :meth:`masked` shows the first 4 characters."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def masked(self) -> str:
+        """The first four characters then ``…`` (the report format); an empty secret stays empty."""
+        return f"{self.value[:4]}…" if self.value else ""
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+class Status(enum.StrEnum):
+    """Where a group member ended up. The value is what reports and exit codes use."""
+
+    PROVISIONED = "provisioned"
+    ALREADY_ENROLLED = "already_enrolled"
+    DISABLED = "disabled"
+    ENTRA_DISABLED = "entra_disabled"  # the Entra account is disabled (accountEnabled false): no token minted
+    NO_EMAIL = "no_email"
+    NOT_FOUND = "not_found"
+    AMBIGUOUS = "ambiguous"
+    NOT_IN_DEFGUARD = "not_in_defguard"
+    FAILED = "failed"
+    PLANNED = "planned"
+    EXISTING = "existing"
+    INTERRUPTED = "interrupted"
+    STALE = "stale"  # a token was minted by a run that did not finish: what Entra holds may be dead
+    # status / clear
+    CLEARED = "cleared"
+    NOT_SET = "not_set"
+    KEPT = "kept"
+    SET = "set"
+    PARTIAL = "partial"  # status: only one of EnrollmentToken and EnrollmentUrl is stored
+
+    @property
+    def is_problem(self) -> bool:
+        """True for the statuses that make a run exit 1."""
+        return self in _PROBLEMS
+
+
+_PROBLEMS = frozenset(
+    {Status.NO_EMAIL, Status.NOT_FOUND, Status.AMBIGUOUS, Status.NOT_IN_DEFGUARD, Status.FAILED, Status.STALE}
+)
+
+
+class TokenKind(enum.StrEnum):
+    ENROLLMENT = "enrollment"
+    DESKTOP = "desktop"
+
+
+class MatchedBy(enum.StrEnum):
+    MAIL = "mail"
+    USER_PRINCIPAL_NAME = "userPrincipalName"
+    OTHER_MAILS = "otherMails"
