@@ -21,8 +21,8 @@ import pytest
 import requests
 from urllib3.util import SKIP_HEADER
 
-from defguard_entra.testing._defguard import DefguardEmulator, HumantimeError, parse_humantime
 from defguard_entra.testing._server import DROP, Faults
+from defguard_entra.testing.defguard import DefguardEmulator, HumantimeError, parse_humantime
 
 VERSIONS = ("1.6", "2.0")
 JSON = "application/json"

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from defguard_entra.testing import DROP, Faults
-from defguard_entra.testing._graph import (
+from defguard_entra.testing.graph import (
     FilterSyntaxError,
     GraphEmulator,
     WriteQuota,

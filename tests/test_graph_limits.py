@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, environment
-from defguard_entra.testing._graph import WriteQuota
+from defguard_entra.testing.graph import WriteQuota
 from helpers import run_cli
 
 GROUP = "Staff"

@@ -13,10 +13,10 @@ documents: status codes, bodies, content types, paging, batching and throttling.
 
 from __future__ import annotations
 
-from ._defguard import DefguardEmulator, RateLimit
-from ._graph import GraphEmulator, WriteQuota
 from ._scenarios import SAMPLE_GROUP, Scenario, environment, running_emulators, seed_sample_organisation
 from ._server import DROP, Faults, RecordedRequest
+from .defguard import DefguardEmulator, RateLimit
+from .graph import GraphEmulator, WriteQuota
 
 __all__ = [
     "DROP",

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._defguard import DefguardEmulator
-from ._graph import GraphEmulator
+from .defguard import DefguardEmulator
+from .graph import GraphEmulator
 
 __all__ = ["SAMPLE_GROUP", "Scenario", "environment", "running_emulators", "seed_sample_organisation"]
 
