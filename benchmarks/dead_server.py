@@ -1,4 +1,4 @@
-"""Benchmark: how fast a dead or silent Defguard is declared dead (issue target: ≤ 5 s refused, ≤ 15 s silent).
+"""Benchmark: how fast a dead or silent Defguard is declared dead (targets: ≤ 5 s refused, ≤ 15 s silent).
 
 Runs ``python -m defguard_entra provision`` as a separate process against (a) a port where nothing listens
 (connection refused) and (b) a socket on 127.0.0.1 that accepts connections and never answers, with

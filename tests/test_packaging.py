@@ -113,7 +113,8 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 #: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``_service``, ``_client_config`` ←
 #: ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does not name are
 #: placed where their imports and importers put them: ``_version`` and ``_files`` are leaves; ``_retry`` and
-#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the adapters;
+#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the adapters,
+#: and so do the Defguard adapter's parts (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up);
 #: ``testing`` is below only ``cli`` (its ``demo``). A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
@@ -124,6 +125,8 @@ LAYERS = {
     "_redact": 2,
     "config": 3,
     "_defguard": 4,
+    "_defguard_wire": 4,
+    "_defguard_pace": 4,
     "_credentials": 4,
     "_entra": 4,
     "_entra_sync": 4,
