@@ -23,7 +23,7 @@ import requests
 import stamina
 from requests.adapters import HTTPAdapter
 
-from ._checks import DEFGUARD_AUTH_HINTS
+from ._defguard_auth import DEFGUARD_AUTH_HINTS
 from ._durations import format_for_defguard
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._version import __version__
