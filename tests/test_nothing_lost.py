@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from defguard_entra._journal import Journal, RunLock, run_key
 from defguard_entra.exceptions import PreflightError
+from defguard_entra.provisioning.journal import Journal, RunLock, run_key
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, environment
 from defguard_entra.testing._server import Faults
 from helpers import run_cli

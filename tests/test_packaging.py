@@ -110,15 +110,19 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 
 # -- layering (style.md, section 2.2) ------------------------------------------------------------------------------
 
-#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``_service``, ``_client_config`` ←
+#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``provisioning``, ``_client_config`` ←
 #: ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does not name are
-#: placed where their imports and importers put them: ``_version`` and ``_files`` are leaves; ``_retry`` and
-#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the adapters,
-#: and so do the Defguard adapter's parts (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up);
-#: ``testing`` is below only ``cli`` (its ``demo``). A new module must be placed here on purpose.
+#: placed where their imports and importers put them: ``_version``, ``_files``, ``_batches`` and ``_defguard_auth``
+#: (what Defguard's refusals of a token mean) are leaves; ``_retry`` and ``_redact`` are helpers below ``config``
+#: (which uses ``_retry``); ``_sync`` sits with the adapters, and so do the Defguard adapter's parts
+#: (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up); ``provisioning`` (a package: its
+#: modules share one layer) reaches the adapters only through its ports; ``testing`` is below only ``cli`` (its
+#: ``demo``). A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
     "_files": 0,
+    "_batches": 0,
+    "_defguard_auth": 0,
     "exceptions": 0,
     "models": 1,
     "_retry": 2,
@@ -132,12 +136,9 @@ LAYERS = {
     "_entra_sync": 4,
     "_odata": 4,
     "_durations": 4,
-    "_plan": 4,
     "_sync": 4,
     "_scopes": 2,
-    "_checks": 4,
-    "_journal": 4,
-    "_service": 5,
+    "provisioning": 5,
     "_client_config": 5,
     "_render": 6,
     "testing": 7,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defguard_entra._plan import chunked, classify, detect_shared_entra_users, map_entra_members
+from defguard_entra._batches import chunked
 from defguard_entra.models import DefguardUser, EntraUser, Status, TokenKind
+from defguard_entra.provisioning.plan import classify, detect_shared_entra_users, map_entra_members
 
 
 def _dg(name: str, email: str | None, **kw: bool) -> DefguardUser:
@@ -56,7 +57,7 @@ def test_two_entra_members_for_one_defguard_user_are_both_ambiguous() -> None:
 def test_one_entra_user_for_two_defguard_users_is_ambiguous() -> None:
     entra = EntraUser("1", "a@example.com", mail="a@example.com")
     members = map_entra_members([entra], [_dg("alice", "a@example.com")])
-    from defguard_entra._plan import Member
+    from defguard_entra.provisioning.plan import Member
 
     twin = Member("alice2", _dg("alice2", "alias@example.com"), entra)
     detect_shared_entra_users([*members, twin])

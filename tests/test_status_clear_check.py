@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from defguard_entra._checks import (
-    READ_ATTRIBUTES,
-    ROLE_TEMPLATE_IDS,
-    WRITE_ATTRIBUTES,
-    permission_item,
-    principal_from_claims,
-)
-from defguard_entra.models import CheckState
+from defguard_entra.models import CheckState, GraphPrincipal
+from defguard_entra.provisioning.checklist import READ_ATTRIBUTES, ROLE_TEMPLATE_IDS, WRITE_ATTRIBUTES, permission_item
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, environment
 from helpers import Org, run_cli
 
@@ -489,7 +483,7 @@ def test_check_quiet_prints_only_problems(org: Org) -> None:
     ],
 )
 def test_write_permission_from_claims(claims: dict[str, Any] | None, kind: str | None, state: CheckState) -> None:
-    principal = principal_from_claims(claims)
+    principal = GraphPrincipal.from_claims(claims)
     assert (principal.kind if principal else None) == kind
     item = permission_item(WRITE_ATTRIBUTES, principal)
     assert item.state is state
@@ -500,5 +494,5 @@ def test_write_permission_from_claims(claims: dict[str, Any] | None, kind: str |
 
 
 def test_read_permission_accepts_the_write_scope() -> None:
-    principal = principal_from_claims({"roles": ["CustomSecAttributeAssignment.ReadWrite.All"]})
+    principal = GraphPrincipal.from_claims({"roles": ["CustomSecAttributeAssignment.ReadWrite.All"]})
     assert permission_item(READ_ATTRIBUTES, principal).state is CheckState.OK

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from ._defguard import DefguardClient
     from ._entra import AsyncEntraClient
     from ._entra_sync import EntraClient
-    from ._service import ProvisioningService
+    from .provisioning import ProvisioningService
 
 __all__ = [
     "AsyncEntraClient",
@@ -135,7 +135,7 @@ _LAZY = {
     "DefguardClient": "._defguard",
     "AsyncEntraClient": "._entra",
     "EntraClient": "._entra_sync",
-    "ProvisioningService": "._service",
+    "ProvisioningService": ".provisioning",
     "ExportManifest": "._client_config",
     "WriteOutcome": "._client_config",
     "afetch_provisioning_config": "._client_config",

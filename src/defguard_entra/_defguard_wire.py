@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._checks import DEFGUARD_AUTH_HINTS
+from ._defguard_auth import DEFGUARD_AUTH_HINTS
 from ._retry import Retryable, parse_retry_after
 from .exceptions import (
     DefguardAlreadyActivatedError,

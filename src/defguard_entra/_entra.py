@@ -30,8 +30,8 @@ from msgraph.graph_request_adapter import options as graph_default_options
 from msgraph_core import GraphClientFactory
 
 from . import _odata
+from ._batches import chunked
 from ._credentials import close_quietly
-from ._plan import chunked
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
 from .config import BATCH_LIMIT, GraphSettings, Settings

@@ -596,8 +596,8 @@ def _setup_logging(args: argparse.Namespace, stderr: TextIO, redactor: Redacting
 
 def _state_dir(ctx: _Context) -> Path | None:
     """The per-user state directory (journal of tokens in flight, run locks): DEFGUARD_ENTRA_STATE_DIR, else the
-    platform's (``_journal.default_state_dir``)."""
-    from ._journal import default_state_dir  # noqa: PLC0415
+    platform's (``provisioning.journal.default_state_dir``)."""
+    from .provisioning.journal import default_state_dir  # noqa: PLC0415
 
     explicit = ctx.environ.get("DEFGUARD_ENTRA_STATE_DIR", "").strip()
     return Path(explicit).expanduser() if explicit else default_state_dir(sys.platform, ctx.environ)
@@ -627,7 +627,7 @@ def _cmd_provision(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import ProvisioningService  # noqa: PLC0415
+    from .provisioning import ProvisioningService  # noqa: PLC0415
 
     scopes = scopes_for("provision", args.group_source)
     with ProvisioningService.from_settings(
@@ -901,7 +901,7 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._service import ProvisioningService  # noqa: PLC0415
+    from .provisioning import ProvisioningService  # noqa: PLC0415
 
     scopes = scopes_for("provision" if args.provision else "export", args.group_source)
     with ProvisioningService.from_settings(
@@ -1131,7 +1131,7 @@ def _prepare(args: argparse.Namespace, ctx: _Context, verb: str) -> tuple[Settin
 def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
     settings, report_path = _prepare(args, ctx, "show")
     from ._render import format_status_table  # noqa: PLC0415
-    from ._service import ProvisioningService  # noqa: PLC0415
+    from .provisioning import ProvisioningService  # noqa: PLC0415
 
     scopes = scopes_for("status", args.group_source)
     with ProvisioningService.from_settings(
@@ -1146,7 +1146,7 @@ def _cmd_status(args: argparse.Namespace, ctx: _Context) -> int:
 
 def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
     settings, report_path = _prepare(args, ctx, "clear")
-    from ._service import ProvisioningService  # noqa: PLC0415
+    from .provisioning import ProvisioningService  # noqa: PLC0415
 
     scopes = scopes_for("clear", args.group_source)
     with ProvisioningService.from_settings(
@@ -1168,7 +1168,7 @@ def _cmd_clear(args: argparse.Namespace, ctx: _Context) -> int:
 def _cmd_check(args: argparse.Namespace, ctx: _Context) -> int:
     settings, _ = _prepare(args, ctx, "check")
     from ._render import format_checklist  # noqa: PLC0415
-    from ._service import ProvisioningService  # noqa: PLC0415
+    from .provisioning import ProvisioningService  # noqa: PLC0415
 
     scopes = scopes_for("check", args.group_source)
     with ProvisioningService.from_settings(

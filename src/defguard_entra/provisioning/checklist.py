@@ -1,8 +1,8 @@
 """Pure logic of ``check``: what a Graph access token says about its caller, and checklist lines with fix hints.
 
-No I/O, no clock, no logging: the service gathers the answers, these functions judge them. Every failing line names
-what to grant or change: the delegated scope, the application permission or the Entra role (``graph-api.md``,
-section 8), or the Defguard setting.
+No I/O, no clock, no logging: :mod:`.check` gathers the answers, these functions judge them. Every failing line
+names what to grant or change: the delegated scope, the application permission or the Entra role (Microsoft Learn,
+"Custom security attribute assignments" under "Microsoft Graph permissions reference"), or the Defguard setting.
 
 How write permission is judged without writing: Graph shows whether a PATCH is allowed only by doing one, and a
 PATCH that Graph would reject for another reason still depends on the order in which Graph validates (and would be
@@ -14,30 +14,30 @@ attribute set never shows in the token). When the token is opaque, write and rea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
-
 import attrs
 
-from ._plan import enrollment_url_problem
-from .config import DEFAULT_ATTRIBUTE_SET
-from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, CheckItem, CheckState, DefguardDeployment, GraphPrincipal
-
-if TYPE_CHECKING:
-    from ._entra import AttributeSetCheck
+from .._defguard_auth import DEFGUARD_AUTH_HINTS
+from ..config import DEFAULT_ATTRIBUTE_SET
+from ..models import (
+    ATTRIBUTE_TOKEN,
+    ATTRIBUTE_URL,
+    AttributeSetCheck,
+    CheckItem,
+    CheckState,
+    DefguardDeployment,
+    GraphPrincipal,
+)
+from .plan import enrollment_url_problem
 
 __all__ = [
-    "DEFGUARD_AUTH_HINTS",
     "READ_ATTRIBUTES",
     "ROLE_TEMPLATE_IDS",
     "WRITE_ATTRIBUTES",
-    "GraphPrincipal",
     "Permission",
     "attribute_items",
     "defguard_token_items",
     "deployment_items",
     "permission_item",
-    "principal_from_claims",
     "read_users_item",
 ]
 
@@ -50,14 +50,6 @@ ROLE_TEMPLATE_IDS = {
 }
 
 OK, FAIL, WARN, SKIP = CheckState.OK, CheckState.FAIL, CheckState.WARN, CheckState.SKIP
-
-
-# -- who is calling Graph ------------------------------------------------------------------------------------------
-
-
-def principal_from_claims(claims: Mapping[str, Any] | None) -> GraphPrincipal | None:
-    """Who the token stands for (:meth:`GraphPrincipal.from_claims`)."""
-    return GraphPrincipal.from_claims(claims)
 
 
 # -- Graph permissions ---------------------------------------------------------------------------------------------
@@ -244,25 +236,6 @@ def _attribute_hint(set_name: str, name: str, problems: list[str]) -> str:
 
 
 # -- Defguard ------------------------------------------------------------------------------------------------------
-
-#: What each of Defguard's refusals of an API token means (the server's exact ``msg``, v1.6.6 and v2.0.1
-#: ``crates/defguard_core/src/auth/mod.rs``), for the client's errors and for ``check``.
-DEFGUARD_AUTH_HINTS: Final[Mapping[str, str]] = {
-    "Session is required": (
-        "the API token was ignored: Defguard honours API tokens only with an active Business (or higher) license "
-        "that is within its user and location limits and, on 2.x, not more than 14 days past its end (1.6.x: or "
-        "under the free limits), so the server fell back to asking for a browser session"
-    ),
-    "Invalid API token": (
-        "the token is unknown, revoked, or its owner is disabled: create a new API token for an admin user in "
-        "Defguard (disabling the "
-        "owner in the UI or API deletes their API tokens for good: re-enabling the user does not bring them back)"
-    ),
-    "Invalid auth header": "the token is malformed: it should look like dg-<32 letters and digits>",
-    "Token authentication is not allowed for normal users": (
-        "the token's owner is no longer a Defguard admin: use a token of an admin user"
-    ),
-}
 
 
 def defguard_token_items(

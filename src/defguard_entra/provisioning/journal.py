@@ -22,13 +22,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeAlias
 
-from .exceptions import PreflightError
+from ..exceptions import PreflightError
 
-__all__ = ["Journal", "RunLock", "default_state_dir", "run_key"]
+__all__ = ["Journal", "RunGuard", "RunLock", "default_state_dir", "run_guard", "run_key"]
 
 _APP = "defguard-entra"
 
@@ -209,6 +209,29 @@ class RunLock:
             _unlock(self._handle)
         self._handle.close()
         self._handle = None
+
+
+RunGuard: TypeAlias = contextlib.AbstractContextManager[tuple[Journal | None, frozenset[str]]]
+
+
+@contextlib.contextmanager
+def run_guard(
+    state_dir: Path | None, defguard_url: str, group_name: str, group_source: str, *, write: bool
+) -> Iterator[tuple[Journal | None, frozenset[str]]]:
+    """The run lock and the journal for a run that may mint or clear (``write``), or only the stale members for one
+    that reads; nothing without a ``state_dir``."""
+    if state_dir is None:
+        yield None, frozenset()
+        return
+    key = run_key(defguard_url, group_source, group_name)
+    if not write:
+        yield None, Journal.peek(state_dir, key)
+        return
+    with (
+        RunLock(state_dir, key, what=f"group {group_name!r} of {defguard_url}"),
+        Journal(state_dir, key, group_name=group_name, defguard_url=defguard_url) as journal,
+    ):
+        yield journal, journal.stale
 
 
 if sys.platform == "win32":

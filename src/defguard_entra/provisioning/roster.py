@@ -1,0 +1,228 @@
+"""The first half of every command: its arguments checked once, the preflight (Defguard's version, token and
+deployment; the Graph sign-in and the attribute set), the group's members and their Entra users.
+
+Any failure here raises before a single token is minted: Defguard's users come from the bulk list (never one GET
+per member), Entra users are resolved in bulk (mail, then UPN, then otherMails), and members not found or ambiguous
+are settled *without* a token, so their previous token survives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import attrs
+
+from ..config import GRAPH_CLI_CLIENT_ID, AuthMode
+from ..exceptions import ConfigurationError, EntraAPIError, PreflightError
+from ..models import (
+    ATTRIBUTE_TOKEN,
+    ATTRIBUTE_URL,
+    ENROLLED_POLICIES,
+    GROUP_SOURCES,
+    DefguardServer,
+    EnrolledPolicy,
+    GraphPrincipal,
+    Status,
+)
+from ._ports import Clients
+from .plan import (
+    SKIP_REASONS,
+    Member,
+    classify_members,
+    detect_shared_entra_users,
+    enrollment_url_problem,
+    map_entra_members,
+)
+from .report import Run, log
+
+__all__ = ["checked_arguments", "graph_principal", "members", "preflight", "resolve_in_entra"]
+
+#: Group members missing from the user list that are looked up one by one before they are reported.
+_MISSING_LOOKUPS = 100
+
+
+def checked_arguments(
+    group_name: str, group_source: str, *, enrolled: str | None = None, lifetime: object = None
+) -> dt.timedelta | None:
+    """Every command's arguments, checked before anything is asked of a server; the lifetime, checked."""
+    if not group_name.strip():
+        raise ConfigurationError("group_name is empty: give the name of the group")
+    if group_source not in GROUP_SOURCES:
+        raise ConfigurationError(f"group_source must be 'defguard' or 'entra', not {group_source!r}")
+    if enrolled is not None and enrolled not in ENROLLED_POLICIES:
+        choices = ", ".join(repr(p) for p in ENROLLED_POLICIES)
+        raise ConfigurationError(f"enrolled must be one of {choices}, not {enrolled!r}")
+    return _checked_lifetime(lifetime)
+
+
+def _checked_lifetime(lifetime: object) -> dt.timedelta | None:
+    """``lifetime=`` as the CLI checks it: a :class:`datetime.timedelta` or a duration string (``"2d"``), positive,
+    at most 366 days; ``None`` for the server's default."""
+    from .._durations import MAX_TOKEN_LIFETIME, parse_lifetime  # noqa: PLC0415
+
+    if lifetime is None:
+        return None
+    if isinstance(lifetime, str):
+        return parse_lifetime(lifetime)
+    if not isinstance(lifetime, dt.timedelta):
+        msg = f"lifetime must be a datetime.timedelta or a duration string such as '2d', not {type(lifetime).__name__}"
+        raise TypeError(msg)
+    if lifetime <= dt.timedelta(0) or lifetime > MAX_TOKEN_LIFETIME:
+        raise ConfigurationError(f"lifetime {lifetime} must be positive and at most {MAX_TOKEN_LIFETIME.days} days")
+    return lifetime
+
+
+async def members(clients: Clients, run: Run, *, enrolled: EnrolledPolicy | None, mints: bool = False) -> list[Member]:
+    """Preflight, the group's members and their Entra users, shared Entra users made ambiguous.
+
+    With ``enrolled`` the members are classified as ``provision`` and ``export`` do (disabled and enrolled ones
+    settled before Entra is asked); without, only those without an e-mail are (``status`` and ``clear`` look up
+    disabled and enrolled members too). ``mints`` (``provision``) also settles members disabled in Entra.
+    """
+    found = await preflight(clients, run, mints=mints)
+    run.mark("preflight")
+    if mints:
+        log.info("preflight passed: %d members (%.2fs)", len(found), run.seconds)
+    if enrolled is not None:
+        classify_members(found, enrolled, DefguardServer(run.version or "").major)
+    else:
+        for member in found:
+            if member.status is None and member.defguard is not None and not member.defguard.email:
+                member.settle(Status.NO_EMAIL, SKIP_REASONS[Status.NO_EMAIL])
+    if run.group_source == "defguard":
+        await resolve_in_entra(clients, found)
+        if mints:
+            run.mark("resolve")
+            log.info("resolved members in Entra (%.2fs)", run.seconds)
+    detect_shared_entra_users(found)
+    if not mints:
+        run.mark("resolve")
+    else:
+        for member in found:
+            if member.status is None and member.entra is not None and member.entra.account_enabled is False:
+                member.settle(Status.ENTRA_DISABLED, "the Entra account is disabled: no token minted")
+    return found
+
+
+async def preflight(clients: Clients, run: Run, *, mints: bool = False) -> list[Member]:
+    """Check both ends (``mints``: also Defguard's enrollment URL), then the group's members, sorted."""
+    defguard, entra = clients.defguard, clients.entra
+    server = await clients.dg(defguard.server)
+    me = await clients.dg(defguard.me)
+    run.audit["defguard_user"] = me.username
+    if not me.is_admin:
+        raise PreflightError(f"the Defguard API token belongs to {me.username!r}, who is not an admin")
+    if mints:
+        await _check_enrollment_url(clients, server.major, run)
+    await entra.sign_in()
+    run.audit["graph_principal"] = (await graph_principal(clients)).to_audit()
+    run.audit["graph_url"] = entra.base_url
+    check = await entra.check_attribute_set(clients.attribute_set)
+    name = clients.attribute_set
+    if not check.readable:
+        run.note(
+            f"could not read the definitions of attribute set {name!r} (needs "
+            "CustomSecAttributeDefinition.Read.All and the Attribute Definition Reader role): not checked",
+            warn=True,
+        )
+    elif not check.set_exists:
+        raise PreflightError(
+            f"attribute set {name!r} does not exist in Entra: create it with the String attributes "
+            f"{ATTRIBUTE_TOKEN} and {ATTRIBUTE_URL} (see docs/entra-setup.md), or pass --attribute-set-name"
+        )
+    elif check.problems:
+        raise PreflightError("; ".join(check.problems) + " (see docs/entra-setup.md)")
+    run.version = server.version
+    if run.group_source == "defguard":
+        return await _defguard_members(clients, run.group_name)
+    groups = await entra.find_groups(run.group_name)
+    if not groups:
+        raise PreflightError(f"Entra has no group with displayName {run.group_name!r}: check --group-name")
+    if len(groups) > 1:
+        ids = ", ".join(g.id for g in groups)
+        raise PreflightError(f"{len(groups)} Entra groups are named {run.group_name!r} ({ids}): rename one")
+    entra_members = await entra.group_members(groups[0].id)
+    users = await clients.dg(defguard.users)
+    entra_members.sort(key=lambda u: (u.user_principal_name.lower(), u.id))
+    return map_entra_members(entra_members, users.values())
+
+
+async def _defguard_members(clients: Clients, group_name: str) -> list[Member]:
+    group = await clients.dg(clients.defguard.find_group, group_name)
+    if group is None:
+        raise PreflightError(
+            f"Defguard has no group named {group_name!r} (names are case-sensitive): check --group-name"
+        )
+    users = await clients.dg(clients.defguard.users)
+    missing = sorted(set(group.members) - users.keys())
+    for username in missing[:_MISSING_LOOKUPS]:  # a user the unordered pages skipped, or one just added
+        found = await clients.dg(clients.defguard.user, username)
+        if found is not None:
+            users[username] = found
+    members = []
+    for username in sorted(set(group.members)):
+        user = users.get(username)
+        member = Member(username, user)
+        if user is None:
+            member.settle(Status.FAILED, "Defguard: group member missing from the user list")
+        members.append(member)
+    return members
+
+
+async def _check_enrollment_url(clients: Clients, line: int, run: Run) -> None:
+    """Read Defguard's enrollment URL before any token is minted, and refuse one that cannot work."""
+    deployment = await clients.dg(clients.defguard.deployment)
+    run.audit["enrollment_url"] = deployment.enrollment_url
+    if deployment.token_lifetime is not None:
+        run.audit["defguard_token_lifetime_hours"] = round(deployment.token_lifetime.total_seconds() / 3600, 2)
+    if deployment.enrollment_url is None:
+        run.note(
+            f"could not read Defguard's enrollment URL ({'; '.join(deployment.problems)}): "
+            "the first token minted is checked instead",
+            warn=True,
+        )
+        return
+    problem = enrollment_url_problem(deployment.enrollment_url, clients.defguard.url, line)
+    if problem is not None:
+        raise PreflightError(problem)
+
+
+async def resolve_in_entra(clients: Clients, members: list[Member]) -> None:
+    """Each unsettled member's Entra user, found in bulk by its Defguard e-mail; not found and ambiguous settled."""
+    pending = [m for m in members if m.status is None]
+    if not pending:
+        return
+    matches = await clients.entra.find_users([m.email or "" for m in pending])
+    for member in pending:
+        match = matches[(member.email or "").strip().lower()]
+        if match.user is not None:
+            member.entra, member.matched_by = match.user, match.matched_by
+        elif match.ambiguous:
+            member.matched_by = match.matched_by
+            member.settle(Status.AMBIGUOUS, match.error)
+        else:
+            member.settle(
+                Status.NOT_FOUND,
+                match.error or f"no Entra user has mail, userPrincipalName or otherMails {member.email!r}",
+            )
+
+
+async def graph_principal(clients: Clients) -> GraphPrincipal:
+    """Who Graph sees: the token's claims when it is a JWT, else ``/me`` (a 400 there means app-only)."""
+    entra = clients.entra
+    principal = GraphPrincipal.from_claims(await entra.token_claims()) or GraphPrincipal("unknown")
+    if principal.kind == "unknown" or (principal.kind == "delegated" and not principal.user):
+        try:
+            me = await entra.me()
+        except EntraAPIError as exc:
+            if exc.status == 400:  # "/me request is only valid with delegated authentication flow"
+                principal = attrs.evolve(principal, kind="application")
+        else:
+            principal = attrs.evolve(principal, kind="delegated", user=str(me.get("userPrincipalName") or "") or None)
+    if principal.client_id is None:
+        graph = entra.settings
+        client_id = graph.client_id or graph.environment.get("AZURE_CLIENT_ID")
+        if client_id is None and graph.resolved_auth() in {AuthMode.INTERACTIVE, AuthMode.DEVICE_CODE}:
+            client_id = GRAPH_CLI_CLIENT_ID
+        principal = attrs.evolve(principal, client_id=client_id)
+    return principal

@@ -1,0 +1,363 @@
+"""ProvisioningService: the orchestrator. It decides; the clients speak HTTP.
+
+Each command is one short async method composing its phases: :mod:`.roster` (arguments, preflight, members, Entra
+resolution), :mod:`.plan` (pure decisions), :mod:`.mint` or :mod:`.stored` (the writes and reads),
+:mod:`.report` (the one place a report is built); ``check`` uses :mod:`.check`. The sync forms are the async ones
+run on a private event loop (:func:`defguard_entra._sync.blocking`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from .._scopes import COMMAND_SCOPES
+from .._sync import LoopThread, blocking
+from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for
+from ..exceptions import ServiceStateError
+from ..models import Checklist, DefguardServer, EnrolledPolicy, Report, Status
+from . import check as probes
+from . import mint, roster, stored
+from ._ports import Clients
+from .journal import RunGuard, run_guard
+from .plan import Plan, judge_clear, judge_status
+from .report import Progress, Run, desktop_note, guarded_progress, log
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from .._defguard import DefguardClient
+    from .._entra import AsyncEntraClient
+    from ._ports import DefguardPort, GraphPort
+
+__all__ = ["Progress", "ProvisioningService"]
+
+T = TypeVar("T")
+
+_CLOSED = "this ProvisioningService is closed: create a new one (or use it inside one with-block)"
+
+
+class ProvisioningService:
+    """Provision a group's members: mint Defguard enrollment tokens and store them in Entra.
+
+    Build it with :meth:`from_settings` (it then owns and closes the clients), or pass your own
+    ``DefguardClient`` and ``AsyncEntraClient``. Every operation has an async form (``aprovision``) and a sync form
+    (``provision``) that runs on a private event loop, so it works from scripts and from notebooks alike; use one
+    style per service instance.
+    """
+
+    def __init__(
+        self,
+        defguard: DefguardClient | DefguardPort,
+        entra: AsyncEntraClient | GraphPort,
+        *,
+        attribute_set: str = DEFAULT_ATTRIBUTE_SET,
+        concurrency: int = 16,
+        owns_clients: bool = False,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.defguard: DefguardPort = defguard
+        self.entra: GraphPort = entra
+        self.state_dir = state_dir
+        """Where the journal of tokens in flight and the run lock live (per Defguard instance and group); ``None``
+        turns both off (see :mod:`defguard_entra.provisioning.journal`)."""
+        self.attribute_set = attribute_set
+        self.concurrency = max(1, concurrency)
+        self._owns = owns_clients
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="defguard")
+        self._runner: LoopThread | None = None
+        self._runner_lock = threading.Lock()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._options: dict[str, Any] = {
+            "defguard_url": defguard.url,
+            "graph_url": entra.base_url,
+            "graph_auth": entra.settings.resolved_auth().value,
+            "attribute_set": attribute_set,
+        }
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        credential: Any = None,
+        prompt: Callable[[str], None] | None = None,
+        delegated_scopes: Sequence[str] = COMMAND_SCOPES["provision"],
+        state_dir: Path | None = None,
+    ) -> Self:
+        """Wire real clients from :class:`Settings` (the only place that does). ``credential`` overrides sign-in."""
+        from .._defguard import DefguardClient  # noqa: PLC0415 - heavy, only when used
+        from .._entra import AsyncEntraClient  # noqa: PLC0415
+
+        settings.validate()
+        url, token = settings.require_defguard()
+        defguard = DefguardClient(
+            url,
+            token,
+            timeout=settings.timeout,
+            ca_bundle=settings.ca_bundle,
+            retry=settings.retry,
+            pool_size=settings.concurrency,
+            proxy=proxy_for(url, settings.proxies),
+        )
+        entra = AsyncEntraClient.from_settings(settings, credential=credential, prompt=prompt, scopes=delegated_scopes)
+        service = cls(
+            defguard,
+            entra,
+            attribute_set=settings.attribute_set,
+            concurrency=settings.concurrency,
+            owns_clients=True,
+            state_dir=state_dir,
+        )
+        service._options.update(defguard_url=settings.defguard_url, graph_url=settings.graph.base_url)
+        return service
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._runner_lock:
+            if self._closed:  # e.g. after ``async with``: no new loop thread that nobody would stop
+                coro.close()
+                raise ServiceStateError(_CLOSED)
+            if self._runner is None:
+                self._runner = LoopThread()
+        return self._runner.run(coro)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns:
+            await self.entra.aclose()
+            self.defguard.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._run(self.aclose())
+        finally:
+            if self._runner is not None:
+                self._runner.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _bind(self) -> Clients:
+        """Tie the service to the event loop of its first call: its Graph client lives on that loop, so a call from
+        another one (the async forms after the sync ones, or the reverse) would fail deep inside the HTTP stack.
+        The clients, for the phases of this call."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise ServiceStateError(_CLOSED)
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            msg = (
+                "this ProvisioningService was first used from another event loop: use one style per service, the "
+                "sync forms (provision, status, …) or the async ones (aprovision, astatus, …) on one loop; create "
+                "a new service for the other"
+            )
+            raise ServiceStateError(msg)
+        return Clients(self.defguard, self.entra, self.attribute_set, self._executor)
+
+    def _guard(self, group_name: str, group_source: str, *, write: bool) -> RunGuard:
+        return run_guard(self.state_dir, self.defguard.url, group_name, group_source, write=write)
+
+    def _start(self, command: str, group_name: str, group_source: str, **audit: Any) -> Run:
+        return Run(
+            command,
+            group_name,
+            group_source,
+            self.attribute_set,
+            self.defguard.url,
+            options=self._options,
+            audit=dict(audit),
+            timed=command != "export",
+        )
+
+    # -- the commands ----------------------------------------------------------------------------------------
+
+    async def aprovision(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        lifetime: dt.timedelta | None = None,
+        enrolled: EnrolledPolicy = "auto",
+        dry_run: bool = False,
+        only_missing: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Provision every member of ``group_name``; returns a :class:`Report` with each member exactly once.
+
+        Raises (before any token is minted) :class:`PreflightError`, :class:`DefguardError` or
+        :class:`EntraError` when the run cannot start. Per-member problems are outcomes, not exceptions.
+        """
+        clients = self._bind()
+        lifetime = roster.checked_arguments(group_name, group_source, enrolled=enrolled, lifetime=lifetime)
+        progress = guarded_progress(progress)
+        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
+            run = self._start("provision", group_name, group_source)
+            members = await roster.members(clients, run, enrolled=enrolled, mints=True)
+            if only_missing and any(m.status is None for m in members):
+                await stored.skip_existing(
+                    clients, [m for m in members if m.status is None and m.username not in stale]
+                )
+            plan = Plan.of(members, stale)
+            if (note := plan.note()) is not None:
+                run.note(note)
+            if journal is not None:  # stale members who enrolled since need nothing more
+                journal.done(m.username for m in members if m.username and m.status is Status.ALREADY_ENROLLED)
+            fatal, interrupted = None, False
+            if plan.mint:  # in a dry run, the probe's read only: it reads exactly what the real run reads
+                await mint.probe_write(clients, plan.mint[0], run.notes, write=not dry_run)
+            if dry_run:
+                plan.settle_planned()
+            elif plan.mint:
+                fatal, interrupted = await mint.mint_and_write(
+                    clients, plan.mint, lifetime, progress=progress, stop=stop, journal=journal
+                )
+            run.mark("write")
+            log.info("minted and stored %d tokens (%.2fs)", sum(m.token is not None for m in members), run.seconds)
+            if (note := desktop_note(members, run.audit)) is not None:
+                run.note(note)
+            return run.report(members, dry_run=dry_run, interrupted=interrupted, fatal=fatal)
+
+    provision = blocking(aprovision)
+
+    async def astatus(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "auto",
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Where every member stands, read-only: Defguard state and devices, Entra match, what the attribute set
+        holds, and what ``provision`` (with the same ``enrolled`` policy) would mint now (``would_mint``, with the
+        reason in ``error``).
+
+        Statuses: ``set`` (token and URL stored), ``partial`` (only one of them), ``not_set`` (nothing, or this
+        sign-in may not read them: Graph answers both the same way), and the lookup statuses ``no_email``,
+        ``not_found``, ``ambiguous``, ``not_in_defguard``, ``failed``. Stored tokens are carried as
+        :class:`Secret` (masked in reports). Nothing is minted or written.
+
+        .. versionadded:: 0.1.0
+        """
+        clients = self._bind()
+        roster.checked_arguments(group_name, group_source, enrolled=enrolled)
+        run = self._start("status", group_name, group_source)
+        with self._guard(group_name, group_source, write=False) as (_, stale):
+            members = await roster.members(clients, run, enrolled=None)
+            await stored.read_values(clients, run, members, stop)
+        judge_status(members, enrolled, DefguardServer(run.version or "").major, stale)
+        return run.report(members, interrupted=stop is not None and stop.is_set())
+
+    status = blocking(astatus)
+
+    async def aclear(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        all_members: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Set ``EnrollmentToken`` and ``EnrollmentUrl`` to null for members who have a device in Defguard (the
+        token has done its job), or, with ``all_members``, for every member, that have something stored. A member
+        without a device keeps its token, whatever Defguard's ``enrolled`` flag says (directory-synced users are
+        flagged enrolled from day one).
+
+        Statuses: ``cleared``, ``not_set`` (nothing stored), ``kept`` (no device, without ``all_members``),
+        ``planned`` (``dry_run``), ``not_found`` (also for a member without e-mail: its Entra user cannot be
+        found), ``ambiguous``, ``failed``, ``interrupted``. Other attributes of the set are left alone.
+
+        .. versionadded:: 0.1.0
+        """
+        clients = self._bind()
+        roster.checked_arguments(group_name, group_source)
+        run = self._start("clear", group_name, group_source, options={"all": all_members, "dry_run": dry_run})
+        progress = guarded_progress(progress)
+        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
+            members = await roster.members(clients, run, enrolled=None)
+            await stored.read_values(clients, run, members, stop)
+            todo = judge_clear(members, all_members=all_members, stale=stale)
+            if dry_run:
+                for member in todo:
+                    member.settle(Status.PLANNED)
+            elif todo:
+                await stored.clear_values(clients, todo, progress, stop)
+            if journal is not None:  # a cleared member holds nothing that could be dead
+                journal.done(m.username for m in members if m.username and m.status is Status.CLEARED)
+            run.mark("write")
+            return run.report(members, dry_run=dry_run, interrupted=stop is not None and stop.is_set())
+
+    clear = blocking(aclear)
+
+    async def acheck(self, group_name: str, *, group_source: str = "defguard", probe_write: bool = False) -> Checklist:
+        """Check a setup end to end without changing anything; every failing line carries a fix hint.
+
+        Defguard: reachable (and its version), the API token honoured (license gate), valid and an admin's, the
+        group found, its enrollment URL. Graph: sign-in and who it is, permission to read users, the attribute set
+        and both attributes (single-valued String, free-form, Available), and the permissions to write and read
+        them, judged from the token's claims where it has any (see :mod:`defguard_entra.provisioning.checklist`).
+        With ``probe_write`` the write permission is proven instead, as ``provision`` does before its first token:
+        a write that changes nothing (a group member's current values written back); without it no PATCH is sent.
+
+        .. versionadded:: 0.1.0
+        """
+        clients = self._bind()
+        roster.checked_arguments(group_name, group_source)
+        return await probes.checklist(clients, group_name, group_source, probe_write=probe_write)
+
+    check = blocking(acheck)
+
+    async def aexport(
+        self,
+        group_name: str,
+        *,
+        group_source: str = "defguard",
+        enrolled: EnrolledPolicy = "auto",
+        after: Report | None = None,
+    ) -> Report:
+        """Each member's stored enrollment URL and token, read back from Entra; nothing is minted or written.
+
+        Same preflight and member resolution as :meth:`aprovision`. Members whose attribute set holds both values
+        end ``set`` and carry them (``enrollment_url``, ``enrollment_token``); ``not_set`` means Graph returned
+        nothing (not provisioned, or this sign-in may not read them); an incomplete pair is ``failed``. ``after``
+        is the provision report of the same run: members it failed are not read back, because Entra may still
+        hold a token Defguard has already cancelled. :func:`defguard_entra._client_config.write_export` turns the
+        result into files.
+
+        .. versionadded:: 0.1.0
+        """
+        clients = self._bind()
+        roster.checked_arguments(group_name, group_source, enrolled=enrolled)
+        run = self._start("export", group_name, group_source)
+        members = await roster.members(clients, run, enrolled=enrolled)
+        if after is not None:
+            stored.skip_failed_in(members, after)
+        await stored.read_configs(clients, run, members)
+        return run.report(members)
+
+    export = blocking(aexport)
