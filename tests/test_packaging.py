@@ -110,11 +110,13 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 
 # -- layering (style.md, section 2.2) ------------------------------------------------------------------------------
 
-#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``_service``, ``_client_config`` ←
-#: ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does not name are
-#: placed where their imports and importers put them: ``_version`` and ``_files`` are leaves; ``_retry`` and
-#: ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the adapters;
-#: ``testing`` is below only ``cli`` (its ``demo``). A new module must be placed here on purpose.
+#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``_service``, ``_desktop_client``,
+#: ``_export`` ← ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does
+#: not name are placed where their imports and importers put them: ``_version`` and ``_files`` are leaves; ``_retry``
+#: and ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` and ``_checks`` sit with the
+#: adapters, and so do the Graph adapter's pure parts (``_batch``, ``_lookup``, ``_attributes``, ``_odata``);
+#: ``_client_config`` only re-exports the two modules it became; ``testing`` is below only ``cli`` (its ``demo``).
+#: A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
     "_files": 0,
@@ -127,6 +129,9 @@ LAYERS = {
     "_credentials": 4,
     "_entra": 4,
     "_entra_sync": 4,
+    "_batch": 4,
+    "_lookup": 4,
+    "_attributes": 4,
     "_odata": 4,
     "_durations": 4,
     "_plan": 4,
@@ -135,6 +140,8 @@ LAYERS = {
     "_checks": 4,
     "_journal": 4,
     "_service": 5,
+    "_desktop_client": 5,
+    "_export": 5,
     "_client_config": 5,
     "_render": 6,
     "testing": 7,
