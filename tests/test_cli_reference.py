@@ -31,7 +31,7 @@ import pytest
 
 import defguard_entra
 from defguard_entra import cli, config
-from defguard_entra._client_config import MANIFEST_FIELDS
+from defguard_entra._export import MANIFEST_FIELDS
 from defguard_entra.cli import build_parser
 from defguard_entra.models import OUTCOME_FIELDS, Report, Status
 from defguard_entra.testing.__main__ import main as emulators_main

@@ -13,17 +13,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from defguard_entra import ClientConfigError, ConfigurationError, ProvisioningConfig, Secret, Settings
-from defguard_entra._client_config import (
+from defguard_entra._desktop_client import (
     WriteOutcome,
     afetch_provisioning_config,
     config_from_attributes,
     deep_link,
     default_provisioning_path,
     fetch_provisioning_config,
-    member_directory_name,
     provisioning_json,
     write_provisioning_file,
 )
+from defguard_entra._export import member_directory_name
 from defguard_entra.config import AuthMode, GraphSettings
 from defguard_entra.testing import Faults, GraphEmulator
 from helpers import run_cli
@@ -472,3 +472,48 @@ def test_library_async_read(user_env: dict[str, str]) -> None:
             return await afetch_provisioning_config(entra, "Defguard")
 
     assert asyncio.run(read()) == CONFIG
+
+
+def test_library_fetch_is_the_blocking_twin_of_its_async_form() -> None:
+    """One loop thread per call, stopped afterwards; the public name, signature and docstring unchanged."""
+    import inspect
+
+    assert fetch_provisioning_config.__name__ == "fetch_provisioning_config"
+    assert str(inspect.signature(fetch_provisioning_config)) == (
+        "(settings: 'Settings', *, credential: 'Any' = None, prompt: 'Any' = None) -> 'ProvisioningConfig'"
+    )
+    doc = inspect.getdoc(fetch_provisioning_config) or ""
+    assert doc.startswith("Sign in as the current user (``settings.graph``) and read their pair")
+    assert not inspect.iscoroutinefunction(fetch_provisioning_config)
+
+
+def test_library_fetch_closes_the_credential_it_built_and_stops_its_thread(
+    user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from defguard_entra import _credentials
+
+    built: list[_credentials.CachingCredential] = []
+    closed: list[bool] = []
+    real = _credentials.build_credential
+
+    def build(settings: GraphSettings, **kwargs: object) -> _credentials.CachingCredential:
+        credential = real(settings, **kwargs)
+        monkeypatch.setattr(credential, "close", lambda: closed.append(True))
+        built.append(credential)
+        return credential
+
+    monkeypatch.setattr(_credentials, "build_credential", build)
+    before = {t.name for t in threading.enumerate()}
+    assert fetch_provisioning_config(Settings.from_env(user_env)) == CONFIG
+    assert len(built) == 1
+    assert closed == [True]
+    assert {t.name for t in threading.enumerate()} - before == set()
+
+
+def test_library_fetch_refuses_application_sign_in_before_any_request(user_env: dict[str, str]) -> None:
+    settings = Settings.from_env(user_env)
+    app = Settings(graph=GraphSettings(auth=AuthMode.MANAGED_IDENTITY, graph_url=settings.graph.graph_url))
+    with pytest.raises(ConfigurationError, match="signs in as an application"):
+        fetch_provisioning_config(app)

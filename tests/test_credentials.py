@@ -82,3 +82,48 @@ def test_scopes_least_privilege_for_users_default_for_apps() -> None:
     assert graph_scopes(app, ["User.Read.All"]) == ["https://graph.microsoft.us/.default"]
     china = GraphSettings(auth=AuthMode.DEVICE_CODE, cloud=Cloud.CHINA)
     assert graph_scopes(china, ["User.Read"]) == ["https://microsoftgraph.chinacloudapi.cn/User.Read"]
+
+
+# -- the service principal's secret (AZURE_CLIENT_SECRET) ----------------------------------------------------------
+
+
+def test_client_secret_is_a_secret_that_repr_never_shows() -> None:
+    from defguard_entra.config import Settings
+
+    secret = "s3cr3t-client-value"
+    settings = Settings.from_env({"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": secret})
+    assert settings.graph.client_secret == Secret(secret)
+    assert "AZURE_CLIENT_SECRET" not in settings.graph.environment  # held once, as a Secret
+    assert settings.graph.resolved_auth() is AuthMode.ENVIRONMENT
+    assert secret not in repr(settings) + str(settings) + repr(settings.graph)
+    assert Settings.from_env({"AZURE_CLIENT_SECRET": ""}).graph.client_secret is None
+
+
+def test_client_secret_accepts_a_plain_string_or_the_environment_mapping() -> None:
+    assert GraphSettings(client_secret="plain").client_secret == Secret("plain")
+    assert GraphSettings(client_secret=Secret("kept")).client_secret == Secret("kept")
+    assert GraphSettings(client_secret="").client_secret is None
+    moved = GraphSettings(environment={"AZURE_CLIENT_SECRET": "from-env", "AZURE_TENANT_ID": "t"})
+    assert moved.client_secret == Secret("from-env")
+    assert dict(moved.environment) == {"AZURE_TENANT_ID": "t"}
+    explicit = GraphSettings(client_secret="explicit", environment={"AZURE_CLIENT_SECRET": "from-env"})
+    assert explicit.client_secret == Secret("explicit")  # the explicit one wins
+    assert "from-env" not in repr(moved) + repr(explicit)
+
+
+def test_build_credential_unwraps_the_client_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.identity
+
+    from defguard_entra._credentials import build_credential
+
+    seen: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(args)
+
+    monkeypatch.setattr(azure.identity, "ClientSecretCredential", Recorder)
+    settings = GraphSettings(auth=AuthMode.ENVIRONMENT, tenant_id="t", client_id="c", client_secret="the-secret")
+    credential = build_credential(settings)
+    assert isinstance(credential.inner, Recorder)
+    assert seen == [("t", "c", "the-secret")]  # the plain value, for azure-identity only

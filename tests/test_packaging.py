@@ -110,18 +110,19 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 
 # -- layering (style.md, section 2.2) ------------------------------------------------------------------------------
 
-#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``provisioning``, ``_client_config`` ←
-#: ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does not name are
-#: placed where their imports and importers put them: ``_version``, ``_files``, ``_batches`` and ``_defguard_auth``
-#: (what Defguard's refusals of a token mean) are leaves; ``_retry`` and ``_redact`` are helpers below ``config``
-#: (which uses ``_retry``); ``_sync`` sits with the adapters, and so do the Defguard adapter's parts
-#: (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up); ``provisioning`` (a package: its
-#: modules share one layer) reaches the adapters only through its ports; ``testing`` is below only ``cli`` (its
-#: ``demo``). A new module must be placed here on purpose.
+#: ``exceptions`` ← ``models`` ← ``config`` ← adapters and pure modules ← ``provisioning``, ``_desktop_client``,
+#: ``_export`` ← ``_render`` ← ``cli``: a module may import its own layer and the ones below. Modules the table does
+#: not name are placed where their imports and importers put them: ``_version``, ``_files``, ``_chunks`` and
+#: ``_defguard_auth`` (what Defguard's refusals of a token mean) are leaves; ``_retry`` and ``_redact`` are helpers
+#: below ``config`` (which uses ``_retry``); ``_sync`` sits with the adapters, and so do the Defguard adapter's parts
+#: (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up) and the Graph adapter's pure parts
+#: (``_batch``, ``_lookup``, ``_attributes``, ``_odata``); ``provisioning`` (a package: its modules share one layer)
+#: reaches the adapters only through its ports; ``testing`` is below only ``cli`` (its ``demo``). A new module must
+#: be placed here on purpose.
 LAYERS = {
     "_version": 0,
     "_files": 0,
-    "_batches": 0,
+    "_chunks": 0,
     "_defguard_auth": 0,
     "exceptions": 0,
     "models": 1,
@@ -134,12 +135,16 @@ LAYERS = {
     "_credentials": 4,
     "_entra": 4,
     "_entra_sync": 4,
+    "_batch": 4,
+    "_lookup": 4,
+    "_attributes": 4,
     "_odata": 4,
     "_durations": 4,
     "_sync": 4,
     "_scopes": 2,
     "provisioning": 5,
-    "_client_config": 5,
+    "_desktop_client": 5,
+    "_export": 5,
     "_render": 6,
     "testing": 7,
     "cli": 8,

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from defguard_entra._sync import LoopThread, blocking, blocking_function
+from defguard_entra._sync import LoopThread, blocking, blocking_function, delegated
 
 
 class Owner:
@@ -81,3 +81,45 @@ def test_blocking_function_works_inside_a_running_loop() -> None:
         return twice(1)  # a notebook cell: a loop already runs in this thread
 
     assert asyncio.run(main()) == (2, "defguard-entra-twice")
+
+
+class Inner:
+    """An async object a wrapper delegates to."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    async def scale(self, value: int, *, by: int = 2) -> int:
+        """Scale the value."""
+        self.threads.append(threading.current_thread().name)
+        await asyncio.sleep(0)
+        return value * by
+
+
+class Wrapper:
+    def __init__(self) -> None:
+        self.loop = LoopThread(name="test-wrapper")
+        self._client = Inner()
+
+    def _run(self, coro):  # the Delegating protocol, with ``_client``
+        return self.loop.run(coro)
+
+    scale = delegated(Inner.scale)
+
+
+def test_delegated_twin_runs_the_inner_method_on_the_wrappers_loop() -> None:
+    wrapper = Wrapper()
+    try:
+        assert wrapper.scale(21) == 42
+        assert wrapper.scale(5, by=3) == 15
+        assert wrapper._client.threads == ["test-wrapper", "test-wrapper"]
+        assert wrapper.scale.__name__ == "scale"
+        assert wrapper.scale.__qualname__ == "Wrapper.scale"
+        assert wrapper.scale.__doc__ == "Scale the value."
+        assert inspect.signature(wrapper.scale) == inspect.signature(Inner().scale)
+        assert inspect.signature(Wrapper.scale) == inspect.signature(Inner.scale)
+        assert not inspect.iscoroutinefunction(Wrapper.scale)
+    finally:
+        wrapper.loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        wrapper.scale(1)

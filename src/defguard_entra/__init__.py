@@ -56,19 +56,18 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from ._client_config import (
-        ExportManifest,
+    from ._defguard import DefguardClient
+    from ._desktop_client import (
         WriteOutcome,
         afetch_provisioning_config,
         deep_link,
         default_provisioning_path,
         fetch_provisioning_config,
-        write_export,
         write_provisioning_file,
     )
-    from ._defguard import DefguardClient
     from ._entra import AsyncEntraClient
     from ._entra_sync import EntraClient
+    from ._export import ExportEntry, ExportManifest, write_export
     from .provisioning import ProvisioningService
 
 __all__ = [
@@ -101,6 +100,7 @@ __all__ = [
     "EntraError",
     "EntraGroup",
     "EntraUser",
+    "ExportEntry",
     "ExportManifest",
     "GraphPrincipal",
     "GraphSettings",
@@ -136,14 +136,15 @@ _LAZY = {
     "AsyncEntraClient": "._entra",
     "EntraClient": "._entra_sync",
     "ProvisioningService": ".provisioning",
-    "ExportManifest": "._client_config",
-    "WriteOutcome": "._client_config",
-    "afetch_provisioning_config": "._client_config",
-    "deep_link": "._client_config",
-    "default_provisioning_path": "._client_config",
-    "fetch_provisioning_config": "._client_config",
-    "write_export": "._client_config",
-    "write_provisioning_file": "._client_config",
+    "ExportEntry": "._export",
+    "ExportManifest": "._export",
+    "write_export": "._export",
+    "WriteOutcome": "._desktop_client",
+    "afetch_provisioning_config": "._desktop_client",
+    "deep_link": "._desktop_client",
+    "default_provisioning_path": "._desktop_client",
+    "fetch_provisioning_config": "._desktop_client",
+    "write_provisioning_file": "._desktop_client",
 }
 
 

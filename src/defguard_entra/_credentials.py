@@ -8,6 +8,8 @@ variables over in ``GraphSettings.environment``.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
@@ -21,7 +23,15 @@ from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
 from .exceptions import ConfigurationError, EntraAuthError
 from .models import Secret
 
-__all__ = ["APP_ONLY_MODES", "CachingCredential", "StaticTokenCredential", "build_credential", "graph_scopes"]
+__all__ = [
+    "APP_ONLY_MODES",
+    "CachingCredential",
+    "StaticTokenCredential",
+    "build_credential",
+    "close_quietly",
+    "graph_scopes",
+    "jwt_claims",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +124,8 @@ def build_credential(
                 "--auth environment needs AZURE_TENANT_ID and AZURE_CLIENT_ID (or --tenant-id/--client-id) plus "
                 "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
             )
-        if env.get("AZURE_CLIENT_SECRET"):
-            inner = ai.ClientSecretCredential(tenant, client_id, env["AZURE_CLIENT_SECRET"], authority=authority)
+        if settings.client_secret:
+            inner = ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, authority=authority)
         elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
             inner = ai.CertificateCredential(
                 tenant,
@@ -228,3 +238,15 @@ def _headless(env: Any) -> bool:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of an access token that is a JWT (not verified: a hint, never a proof); ``None`` otherwise."""
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[1]:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are all ValueErrors
+        return None
+    return claims if isinstance(claims, dict) else None

@@ -1,14 +1,15 @@
-"""OData literals and the ``$filter`` expressions used to find users and groups.
+"""OData literals, the ``$filter`` expressions used to find users and groups, and OData error bodies.
 
-Every value is quoted with :func:`literal` (single quotes, embedded quotes doubled): the PowerShell scripts paste
-addresses in raw, so ``o'neil@example.com`` breaks the query or changes its meaning.
+Every value is quoted with :func:`literal` (single quotes, embedded quotes doubled, as OData's URL conventions
+say), so that an address pasted in raw, such as ``o'neil@example.com``, can neither break a query nor change its
+meaning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["IN_LIMIT", "VALUE_LIMIT", "any_eq", "eq", "in_", "literal"]
+__all__ = ["IN_LIMIT", "VALUE_LIMIT", "any_eq", "eq", "error_of", "in_", "literal"]
 
 #: Graph allows at most 15 expressions in one ``in (…)`` clause by default.
 IN_LIMIT = 15
@@ -36,3 +37,12 @@ def in_(prop: str, values: Sequence[str]) -> str:
 def any_eq(collection: str, value: str) -> str:
     """``otherMails/any(m:m eq '…')``."""
     return f"{collection}/any(m:m eq {literal(value)})"
+
+
+def error_of(body: object, status: int) -> tuple[str, str]:
+    """The ``(code, message)`` of an OData error body (``{"error": {"code": …, "message": …}}``); the status as
+    the code, and no message, when the body is not one."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code") or status), str(error.get("message") or "")
+    return str(status), ""

@@ -7,6 +7,8 @@ threads and notebooks alike (the same idea as anyio's blocking portal, ``anyio/f
 
 - :func:`blocking` makes a class's blocking method from its async one, with the same signature and docstring:
   ``provision = blocking(aprovision)``. The class runs coroutines on its loop with ``_run(coro)``.
+- :func:`delegated` does the same for a wrapper whose async methods live on an inner object, ``self._client``:
+  ``find_users = delegated(AsyncEntraClient.find_users)``.
 - :func:`blocking_function` does the same for a module-level coroutine function, on a loop of its own per call.
 """
 
@@ -20,11 +22,13 @@ import types
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
-__all__ = ["Bridged", "LoopThread", "blocking", "blocking_function"]
+__all__ = ["Bridged", "Delegating", "LoopThread", "blocking", "blocking_function", "delegated"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
+A_co = TypeVar("A_co", covariant=True)
+A = TypeVar("A")
 
 
 class Bridged(Protocol):
@@ -33,22 +37,30 @@ class Bridged(Protocol):
     def _run(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
+class Delegating(Bridged, Protocol[A_co]):
+    """What :func:`delegated` needs of its class: :class:`Bridged`, and the inner object whose async methods it
+    mirrors."""
+
+    @property
+    def _client(self) -> A_co: ...
+
+
 S = TypeVar("S", bound=Bridged)
+O = TypeVar("O", bound=Bridged)  # noqa: E741 - the owner
 
 
-class blocking(Generic[S, P, R]):  # noqa: N801 - used like a decorator: ``provision = blocking(aprovision)``
-    """The blocking twin of an async method: same parameters, same docstring, the result instead of a coroutine.
+class _Twin(Generic[O, P, R]):
+    """The one implementation of a blocking twin: a descriptor named like its attribute, with the async form's
+    signature and docstring, that runs ``coroutine(obj, *args, **kwargs)`` on ``obj``'s loop."""
 
-    A descriptor, so the twin takes the attribute's name (``provision``, not ``aprovision``) and binds like a
-    method: ``inspect.signature`` and ``help()`` show the async form's parameters.
-    """
-
-    def __init__(self, method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]]) -> None:
-        self._method = method
-
+    def __init__(
+        self,
+        method: Callable[..., Coroutine[Any, Any, R]],
+        coroutine: Callable[Concatenate[O, P], Coroutine[Any, Any, R]],
+    ) -> None:
         @functools.wraps(method)
-        def twin(obj: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            return obj._run(method(obj, *args, **kwargs))  # noqa: SLF001 - the Bridged protocol
+        def twin(obj: O, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            return obj._run(coroutine(obj, *args, **kwargs))  # noqa: SLF001 - the Bridged protocol
 
         self._twin = twin
         functools.update_wrapper(self, method)
@@ -60,14 +72,37 @@ class blocking(Generic[S, P, R]):  # noqa: N801 - used like a decorator: ``provi
     @overload
     def __get__(self, obj: None, owner: type | None = None) -> Self: ...
     @overload
-    def __get__(self, obj: S, owner: type | None = None) -> Callable[P, R]: ...
-    def __get__(self, obj: S | None, owner: type | None = None) -> Self | Callable[P, R]:
+    def __get__(self, obj: O, owner: type | None = None) -> Callable[P, R]: ...
+    def __get__(self, obj: O | None, owner: type | None = None) -> Self | Callable[P, R]:
         if obj is None:
             return self
         return types.MethodType(self._twin, obj)
 
-    def __call__(self, obj: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, obj: O, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._twin(obj, *args, **kwargs)
+
+
+class blocking(_Twin[S, P, R]):  # noqa: N801 - used like a decorator: ``provision = blocking(aprovision)``
+    """The blocking twin of an async method: same parameters, same docstring, the result instead of a coroutine.
+
+    A descriptor, so the twin takes the attribute's name (``provision``, not ``aprovision``) and binds like a
+    method: ``inspect.signature`` and ``help()`` show the async form's parameters.
+    """
+
+    def __init__(self, method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]]) -> None:
+        super().__init__(method, method)
+
+
+class delegated(_Twin[Delegating[A], P, R]):  # noqa: N801 - used like a decorator, as :class:`blocking`
+    """The blocking twin of the inner object's async method: ``find_users = delegated(AsyncEntraClient.find_users)``
+    on a class whose ``_client`` is an ``AsyncEntraClient`` runs ``self._client.find_users(…)`` on ``self``'s loop.
+    Same name, parameters and docstring as the async method."""
+
+    def __init__(self, method: Callable[Concatenate[A, P], Coroutine[Any, Any, R]]) -> None:
+        def on_inner(obj: Delegating[A], /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+            return method(obj._client, *args, **kwargs)  # noqa: SLF001 - the Delegating protocol
+
+        super().__init__(method, on_inner)
 
 
 def blocking_function(function: Callable[P, Coroutine[Any, Any, R]], name: str) -> Callable[P, R]:

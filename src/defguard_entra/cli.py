@@ -856,7 +856,7 @@ def _add_client_config_commands(sub: Any) -> None:
 
 
 def _cmd_fetch_config(args: argparse.Namespace, ctx: _Context) -> int:
-    from ._client_config import (  # noqa: PLC0415
+    from ._desktop_client import (  # noqa: PLC0415
         WriteOutcome,
         check_output_file,
         default_provisioning_path,
@@ -870,7 +870,7 @@ def _cmd_fetch_config(args: argparse.Namespace, ctx: _Context) -> int:
         raise ConfigurationError(f"{str(target)!r} is a directory: remove it or pass --output PATH")
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    from ._client_config import fetch_provisioning_config, write_provisioning_file  # noqa: PLC0415
+    from ._desktop_client import fetch_provisioning_config, write_provisioning_file  # noqa: PLC0415
 
     config = fetch_provisioning_config(settings, prompt=ctx.console.info)
     ctx.redactor.add(config.enrollment_token.value)
@@ -893,7 +893,7 @@ def _cmd_export(args: argparse.Namespace, ctx: _Context) -> int:
         raise ConfigurationError("--group-name is required: the name of the group whose members to export")
     if not args.provision and (args.only_missing or args.enrollment_token_expiration_time is not None):
         raise ConfigurationError("--only-missing and --enrollment-token-expiration-time apply only with --provision")
-    from ._client_config import check_output_dir, write_export  # noqa: PLC0415
+    from ._export import check_output_dir, write_export  # noqa: PLC0415
 
     output_dir = check_output_dir(args.output_dir)
     settings.require_defguard()

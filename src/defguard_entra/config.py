@@ -216,9 +216,21 @@ def validate_graph_url(url: str) -> str:
     return text
 
 
+def _optional_secret(value: Secret | str | None) -> Secret | None:
+    """The attrs converter for optional secrets: a plain string becomes a :class:`Secret`; empty means none."""
+    if value is None or isinstance(value, Secret):
+        return value or None
+    return Secret(value) if value else None
+
+
 @attrs.frozen
 class GraphSettings:
-    """How to reach and sign in to Microsoft Graph."""
+    """How to reach and sign in to Microsoft Graph.
+
+    ``client_secret`` is the service principal's secret (``AZURE_CLIENT_SECRET``): a :class:`Secret`, never shown
+    by ``repr``; a plain string is accepted. Given in ``environment`` instead (as azure-identity's variable), it
+    is moved here, so that the settings hold it in one place only.
+    """
 
     auth: AuthMode = AuthMode.AUTO
     tenant_id: str | None = None
@@ -231,6 +243,14 @@ class GraphSettings:
     # nothing below the CLI reads os.environ.
     environment: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
+    client_secret: Secret | None = attrs.field(default=None, converter=_optional_secret, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if "AZURE_CLIENT_SECRET" in self.environment:
+            environment = dict(self.environment)
+            secret = _optional_secret(environment.pop("AZURE_CLIENT_SECRET"))
+            object.__setattr__(self, "environment", environment)  # frozen: the constructor's own normalisation
+            object.__setattr__(self, "client_secret", self.client_secret or secret)
 
     @property
     def proxy(self) -> str | None:
@@ -264,9 +284,7 @@ class GraphSettings:
             (self.client_id or env.get("AZURE_CLIENT_ID"))
             and (self.tenant_id or env.get("AZURE_TENANT_ID"))
             and (
-                env.get("AZURE_CLIENT_SECRET")
-                or env.get("AZURE_CLIENT_CERTIFICATE_PATH")
-                or env.get("AZURE_FEDERATED_TOKEN_FILE")
+                self.client_secret or env.get("AZURE_CLIENT_CERTIFICATE_PATH") or env.get("AZURE_FEDERATED_TOKEN_FILE")
             )
         ):
             return AuthMode.ENVIRONMENT
@@ -306,10 +324,15 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
         """Read ``DEFGUARD_URL``, ``DEFGUARD_API_TOKEN``, ``DEFGUARD_ENTRA_GRAPH_TOKEN``,
-        ``DEFGUARD_ENTRA_GRAPH_URL`` and the standard ``AZURE_*`` variables from ``environ`` (a mapping)."""
+        ``DEFGUARD_ENTRA_GRAPH_URL`` and the standard ``AZURE_*`` variables from ``environ`` (a mapping);
+        ``AZURE_CLIENT_SECRET`` becomes :attr:`GraphSettings.client_secret`."""
         token = environ.get("DEFGUARD_API_TOKEN")
         graph_token = environ.get("DEFGUARD_ENTRA_GRAPH_TOKEN")
-        azure = {k: v for k, v in environ.items() if k.startswith(("AZURE_", "IDENTITY_", "MSI_"))}
+        azure = {
+            k: v
+            for k, v in environ.items()
+            if k.startswith(("AZURE_", "IDENTITY_", "MSI_")) and k != "AZURE_CLIENT_SECRET"
+        }
         azure |= {k: environ[k] for k in ("SSH_CONNECTION", "DISPLAY", "WAYLAND_DISPLAY") if environ.get(k)}
         proxies = {
             scheme: value
@@ -325,6 +348,7 @@ class Settings:
                 graph_url=environ.get("DEFGUARD_ENTRA_GRAPH_URL") or None,
                 static_token=Secret(graph_token.strip()) if graph_token and graph_token.strip() else None,
                 environment=azure,
+                client_secret=environ.get("AZURE_CLIENT_SECRET"),
                 proxies=proxies,
             ),
             proxies=proxies,

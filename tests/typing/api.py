@@ -17,6 +17,7 @@ import requests
 import defguard_entra
 from defguard_entra import (
     AsyncEntraClient,
+    AttributeSetCheck,
     AuthMode,
     Checklist,
     CheckState,
@@ -28,9 +29,13 @@ from defguard_entra import (
     DefguardUser,
     EntraAPIError,
     EntraClient,
+    EntraGroup,
     EntraUser,
+    ExportEntry,
+    ExportManifest,
     GraphSettings,
     IssuedToken,
+    Match,
     Outcome,
     PreflightError,
     ProvisioningService,
@@ -40,6 +45,9 @@ from defguard_entra import (
     Secret,
     Settings,
     Status,
+    WriteResult,
+    fetch_provisioning_config,
+    write_export,
 )
 from defguard_entra.testing import DROP, Faults, WriteQuota, environment, running_emulators
 
@@ -114,8 +122,29 @@ def entra_client(settings: Settings, credential: Any) -> None:
         assert_type(entra.base_url, str)
         entra.group_members("group-id", False)  # type: ignore[call-arg]
         entra.write_attributes("Defguard", {"id": {"EnrollmentToken": 1}})  # type: ignore[dict-item]
+        # every blocking method has its async original's parameters and awaited return type
+        assert_type(entra.sign_in(), None)
+        assert_type(entra.me(), dict[str, Any])
+        assert_type(entra.batch([{"id": "1", "method": "GET", "url": "/me"}]), dict[str, tuple[dict[str, Any], int]])
+        assert_type(entra.find_users(["alice@example.com"]), dict[str, Match])
+        assert_type(entra.find_groups("VPN Users"), list[EntraGroup])
+        assert_type(entra.check_attribute_set("Defguard"), AttributeSetCheck)
+        assert_type(entra.write_attributes("Defguard", {}), dict[str, WriteResult])
+        assert_type(entra.read_attributes("Defguard", ["id"], errors={}), dict[str, dict[str, Any] | None])
+        assert_type(entra.read_my_attributes("Defguard"), dict[str, Any] | None)
+        assert_type(entra.can_read_users(), bool)
+        assert_type(entra.token_claims(), dict[str, Any] | None)
+        assert_type(entra.stats, dict[str, int])
+        assert_type(entra.settings, GraphSettings)
+        entra.find_groups()  # type: ignore[call-arg]
+        entra.read_attributes("Defguard", ["id"], {})  # type: ignore[call-arg]
+        entra.can_read_users(1)  # type: ignore[call-arg]
     direct = EntraClient(settings.graph, credential, retry=RetryPolicy.none(), write_rate=5.0)
     direct.close()
+    EntraClient(settings.graph, credential, write_rate="fast")  # type: ignore[arg-type]
+    EntraClient(settings.graph, credential, http_client=None)  # type: ignore[call-arg]
+    EntraClient.from_settings(settings, prompt=print, scopes=("User.Read.All",)).close()
+    EntraClient.from_settings(settings, scope=["User.Read.All"])  # type: ignore[call-arg]
 
 
 async def async_entra_client(settings: Settings, credential: Any) -> None:
@@ -123,6 +152,20 @@ async def async_entra_client(settings: Settings, credential: Any) -> None:
         found = await entra.find_users(["alice@example.com"])
         assert_type(found["alice@example.com"].user, EntraUser | None)
         assert_type(await entra.read_my_attributes("Defguard"), dict[str, Any] | None)
+
+
+def user_machine(settings: Settings, report: Report) -> None:
+    assert_type(fetch_provisioning_config(settings, prompt=print).enrollment_token, Secret)
+    fetch_provisioning_config(settings, object())  # type: ignore[call-arg]
+    manifest = write_export(report, "out", deep_links=True)
+    assert_type(manifest, ExportManifest)
+    assert_type(manifest.entries, tuple[ExportEntry, ...])
+    assert_type(manifest.entries[0].ok, bool)
+
+
+def graph_settings() -> None:
+    assert_type(GraphSettings(client_secret="plain").client_secret, Secret | None)
+    GraphSettings(client_secret=42)  # type: ignore[arg-type]
 
 
 def defguard_client() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from .._batches import chunked
+from .._chunks import chunked
 from ..config import BATCH_LIMIT
 from ..exceptions import (
     DefguardAlreadyActivatedError,

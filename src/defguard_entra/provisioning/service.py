@@ -346,7 +346,7 @@ class ProvisioningService:
         end ``set`` and carry them (``enrollment_url``, ``enrollment_token``); ``not_set`` means Graph returned
         nothing (not provisioned, or this sign-in may not read them); an incomplete pair is ``failed``. ``after``
         is the provision report of the same run: members it failed are not read back, because Entra may still
-        hold a token Defguard has already cancelled. :func:`defguard_entra._client_config.write_export` turns the
+        hold a token Defguard has already cancelled. :func:`defguard_entra._export.write_export` turns the
         result into files.
 
         .. versionadded:: 0.1.0

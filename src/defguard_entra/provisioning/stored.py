@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from .._batches import chunked
+from .._chunks import chunked
 from ..config import BATCH_LIMIT
 from ..exceptions import ClientConfigError, EntraError
 from ..models import EnrollmentAttributes, Report, Status
@@ -106,7 +106,7 @@ def skip_failed_in(members: Sequence[Member], after: Report) -> None:
 
 async def read_configs(clients: Clients, run: Run, members: Sequence[Member]) -> None:
     """``export``: each resolved member's stored pair as its :attr:`Member.config` (``set``), or why not."""
-    from .._client_config import config_from_attributes  # noqa: PLC0415
+    from .._desktop_client import config_from_attributes  # noqa: PLC0415
 
     todo = [m for m in members if m.status is None and m.entra is not None]
     ids = [m.entra.id for m in todo if m.entra is not None]

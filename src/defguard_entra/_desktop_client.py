@@ -1,63 +1,54 @@
-"""The user's machine: the Defguard desktop client's ``provisioning.json`` (``fetch-config``) and, for device
-management roll-outs, one such file per group member (``export``).
+"""The Defguard desktop client's ``provisioning.json`` (``fetch-config``): where the client looks for it on each OS,
+the pair from Entra that fills it, writing it (atomically, owner-only) and the client's own deep link.
 
-The client reads ``<data dir>/net.defguard/provisioning.json`` once per launch while it has no instances
-(``defguard-api.md`` section 9). The file holds exactly ``enrollment_url`` and ``enrollment_token``. What this
-module writes, byte for byte, is :func:`provisioning_json`: UTF-8 without BOM, ``json.dumps(…, indent=2,
-ensure_ascii=False)`` with the keys in that order, LF line ends and one final newline, so a second run produces
-the same bytes and can tell "already there" from "different".
+The client reads ``<data dir>/net.defguard/provisioning.json`` once per launch while it has no instances (see
+"The desktop client" in ``docs/reference/defguard-deployments.md``). The file holds exactly ``enrollment_url`` and
+``enrollment_token``. What this module writes, byte for byte, is :func:`provisioning_json`: UTF-8 without BOM,
+``json.dumps(…, indent=2, ensure_ascii=False)`` with the keys in that order, LF line ends and one final newline, so
+a second run produces the same bytes and can tell "already there" from "different".
 
-Reading one's own custom security attributes needs the Attribute Assignment Reader role, and Graph answers
-"not assigned" and "not permitted" with the same ``null`` (``graph-api.md`` sections 5 and 8): the errors here say
-both. Nothing in this module prints, logs or puts a token in an exception message.
+Reading one's own custom security attributes needs the Attribute Assignment Reader role, and Graph answers "not
+assigned" and "not permitted" with the same ``null`` ("Assign, update, list, or remove custom security attributes
+for a user", Microsoft Learn): the errors here say both. Nothing in this module prints, logs or puts a token in an
+exception message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import logging
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import attrs
-
-from ._files import csv_bytes, write_private_file
+from ._files import write_private_file
 from ._scopes import scopes_for
-from ._sync import LoopThread
-from ._version import __version__
+from ._sync import blocking_function
 from .config import DEFAULT_ATTRIBUTE_SET, AuthMode, GraphSettings, Settings
 from .exceptions import ClientConfigError, ConfigurationError, EntraError
-from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, EnrollmentAttributes, ProvisioningConfig, Report, Secret, Status
+from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, EnrollmentAttributes, ProvisioningConfig, Secret
 
 if TYPE_CHECKING:
     from ._entra import AsyncEntraClient
 
 __all__ = [
     "CLIENT_IDENTIFIER",
-    "MANIFEST_CSV",
-    "MANIFEST_JSON",
     "PROVISIONING_FILENAME",
-    "ExportEntry",
-    "ExportManifest",
     "WriteOutcome",
     "afetch_provisioning_config",
-    "check_output_dir",
     "check_output_file",
     "client_data_dir",
     "config_from_attributes",
     "deep_link",
     "default_provisioning_path",
     "fetch_provisioning_config",
-    "member_directory_name",
+    "private_dir",
     "provisioning_json",
     "require_user_sign_in",
-    "write_export",
     "write_provisioning_file",
 ]
 
@@ -66,9 +57,6 @@ log = logging.getLogger(__name__)
 #: The desktop client's Tauri identifier: the name of its directory under the OS's data directory.
 CLIENT_IDENTIFIER = "net.defguard"
 PROVISIONING_FILENAME = "provisioning.json"
-MANIFEST_JSON = "manifest.json"
-MANIFEST_CSV = "manifest.csv"
-#: Delegated scopes ``fetch-config`` asks for: the signed-in user and reading custom security attributes only.
 
 _APPLICATION_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY})
 _ROOT_HOMES = {"darwin": "/var/root", "linux": "/root"}
@@ -110,12 +98,13 @@ def client_data_dir(platform: str, environ: Mapping[str, str]) -> Path:
 
     ``platform`` is a :data:`sys.platform` value and ``environ`` the environment to resolve it in (the CLI passes
     ``sys.platform`` and ``os.environ``). Windows: ``%APPDATA%\\net.defguard``; macOS (the client is sandboxed, so
-    its data directory is inside its container, ``src-tauri/Client.entitlements``):
+    its data directory is inside its container, DefGuard/client ``src-tauri/Client.entitlements``):
     ``~/Library/Containers/net.defguard/Data/Library/Application Support/net.defguard``;
     Linux and other Unixes: ``$XDG_DATA_HOME/net.defguard``
     (``~/.local/share`` when unset or not absolute, as ``dirs`` does). Raises :class:`ConfigurationError` when the
     variables it needs are missing, and when the directory would belong to ``SYSTEM`` or ``root`` rather than to a
-    desktop user (the installer-context trap of the PowerShell script).
+    desktop user (an installer's SYSTEM context: see "The desktop client" in
+    ``docs/reference/defguard-deployments.md``).
     """
     if _is_windows(platform):
         appdata = environ.get("APPDATA", "").strip()
@@ -194,7 +183,7 @@ def deep_link(config: ProvisioningConfig) -> str:
 
 
 def _holds_same_config(existing: bytes, config: ProvisioningConfig) -> bool:
-    """True when an existing file (ours, or a BOM-prefixed one from the PowerShell script) has the same pair."""
+    """True when an existing file (ours, or one with a UTF-8 BOM, as Windows PowerShell writes) has the same pair."""
     try:
         data = json.loads(existing.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -206,7 +195,7 @@ def _holds_same_config(existing: bytes, config: ProvisioningConfig) -> bool:
     )
 
 
-def _private_dir(directory: Path) -> None:
+def private_dir(directory: Path) -> None:
     """Create ``directory`` (and missing parents) with the last level owner-only; an existing one is left as is."""
     if directory.is_dir():
         return
@@ -245,7 +234,7 @@ def write_provisioning_file(
                 "exists",
             )
     try:
-        _private_dir(target.parent)
+        private_dir(target.parent)
         write_private_file(target, content)
     except OSError as exc:
         raise ClientConfigError(f"cannot write {target}: {exc.strerror or exc}", "unwritable") from None
@@ -310,7 +299,7 @@ async def _who(entra: AsyncEntraClient) -> str:
     return f"the signed-in user {upn}" if upn else "the signed-in user"
 
 
-def fetch_provisioning_config(
+async def _fetch_provisioning_config(
     settings: Settings,
     *,
     credential: Any = None,
@@ -325,232 +314,19 @@ def fetch_provisioning_config(
 
     .. versionadded:: 0.1.0
     """
-    from ._credentials import build_credential  # noqa: PLC0415 - azure.identity: only when used
+    from ._entra import AsyncEntraClient  # noqa: PLC0415 - msgraph: only when used
 
     settings.validate()
     require_user_sign_in(settings.graph)
-    owned = credential is None
-    cred = build_credential(settings.graph, prompt=prompt) if owned else credential
-    runner = LoopThread(name="defguard-entra-fetch-config")
-    try:
-        return runner.run(_fetch(settings, cred))
-    finally:
-        with contextlib.suppress(TimeoutError):  # an abandoned sign-in must not hide the real error
-            runner.close()
-        close = getattr(cred, "close", None)
-        if owned and callable(close):
-            close()
-
-
-async def _fetch(settings: Settings, credential: Any) -> ProvisioningConfig:
-    from ._entra import AsyncEntraClient  # noqa: PLC0415 - msgraph: only when used
-
-    async with AsyncEntraClient.from_settings(
-        settings, credential=credential, scopes=scopes_for("fetch-config")
-    ) as entra:
+    scopes = scopes_for("fetch-config")
+    async with AsyncEntraClient.from_settings(settings, credential=credential, prompt=prompt, scopes=scopes) as entra:
         await entra.sign_in()
         return await afetch_provisioning_config(entra, settings.attribute_set)
 
 
-# -- export: one file per member, for device management -----------------------------------------------------
-
-#: Manifest statuses that need no admin action (every other one makes ``export`` exit 1).
-_EXPORT_FINE = frozenset({"exported", Status.DISABLED.value, Status.ALREADY_ENROLLED.value})
-_NAME_LIMIT = 255
-
-
-def member_directory_name(user_principal_name: str) -> str:
-    """A userPrincipalName as one safe directory name on Windows, macOS and Linux.
-
-    Letters, digits, ``. _ - ~ @ +`` are kept; anything else is percent-encoded (a guest's
-    ``jane_contoso.com#EXT#@tenant.onmicrosoft.com`` becomes ``…%23EXT%23@…``), which is reversible, so two UPNs
-    never share a directory. Refuses (:class:`ValueError`) names with ``/`` or ``\\``, control characters, a
-    leading or trailing dot, ``.``/``..``, and names longer than 255 bytes.
-    """
-    upn = user_principal_name.strip()
-    if not upn:
-        raise ValueError("the Entra user has no userPrincipalName")
-    if "/" in upn or "\\" in upn or any(ord(ch) < 32 or ord(ch) == 127 for ch in upn):
-        raise ValueError(f"userPrincipalName {upn!r} contains a path separator or control character")
-    if upn.startswith(".") or upn.endswith("."):
-        raise ValueError(f"userPrincipalName {upn!r} starts or ends with a dot")
-    name = quote(upn, safe="@+")
-    if len(name.encode("utf-8")) > _NAME_LIMIT:
-        raise ValueError(f"userPrincipalName {upn!r} is too long for a directory name")
-    return name
-
-
-@attrs.frozen
-class ExportEntry:
-    """One group member in the export manifest. ``path`` is relative to the output directory (POSIX form)."""
-
-    username: str | None
-    email: str | None
-    status: str  # "exported", or the member's status (not_set, failed, disabled, not_found, …)
-    user_principal_name: str | None = None
-    path: str | None = None
-    file: WriteOutcome | None = None
-    error: str | None = None
-    deep_link: Secret | None = attrs.field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in _EXPORT_FINE
-
-    def to_dict(self, *, deep_links: bool = False) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "username": self.username,
-            "email": self.email,
-            "status": self.status,
-            "user_principal_name": self.user_principal_name,
-            "path": self.path,
-            "file": self.file.value if self.file else None,
-            "error": self.error,
-        }
-        if deep_links:
-            row["deep_link"] = self.deep_link.value if self.deep_link else None
-        return row
-
-
-MANIFEST_FIELDS = ("username", "email", "status", "user_principal_name", "path", "file", "error")
-
-
-@attrs.frozen
-class ExportManifest:
-    """What ``export`` wrote: every member of the group once, and directories left from earlier runs."""
-
-    output_dir: Path
-    group_name: str
-    group_source: str
-    attribute_set: str
-    entries: tuple[ExportEntry, ...]
-    deep_links: bool = False
-    stale: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when every member was exported or needs no file (disabled, already enrolled): exit code 0."""
-        return all(e.ok for e in self.entries)
-
-    @property
-    def summary(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for entry in self.entries:
-            counts[entry.status] = counts.get(entry.status, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "exported", kv[0])))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tool_version": __version__,
-            "group": {"name": self.group_name, "source": self.group_source},
-            "attribute_set": self.attribute_set,
-            "file_name": PROVISIONING_FILENAME,
-            "summary": self.summary,
-            "members": [e.to_dict(deep_links=self.deep_links) for e in self.entries],
-        }
-
-    def json_bytes(self) -> bytes:
-        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-    def csv_bytes(self) -> bytes:
-        fields = [*MANIFEST_FIELDS, *(("deep_link",) if self.deep_links else ())]
-        return csv_bytes(fields, (entry.to_dict(deep_links=self.deep_links) for entry in self.entries))
-
-
-def check_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Validate ``--output-dir`` before any request: a directory, or a new one whose parent exists and is writable."""
-    target = Path(path).expanduser()
-    if target.exists() and not target.is_dir():
-        raise ConfigurationError(f"--output-dir {str(path)!r} is a file: give a directory (it is created if missing)")
-    existing = target if target.is_dir() else target.parent
-    if not existing.is_dir():
-        raise ConfigurationError(f"--output-dir {str(path)!r}: directory {str(existing)!r} does not exist")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigurationError(f"--output-dir {str(path)!r}: directory {str(existing)!r} is not writable")
-    return target
-
-
-def write_export(report: Report, output_dir: str | os.PathLike[str], *, deep_links: bool = False) -> ExportManifest:
-    """Write ``DIR/<userPrincipalName>/provisioning.json`` for each member ``report`` holds a pair for, then
-    ``manifest.json`` and ``manifest.csv`` accounting for every member (all owner-only; directories 0700).
-
-    ``report`` is what :meth:`ProvisioningService.export` returns: members with status ``set`` carry their URL
-    and token. A file from an earlier export is replaced: Entra's pair is the current one (Defguard cancels a
-    member's older unused tokens when it issues a new one). Directories of members who are not in this export are
-    reported in :attr:`ExportManifest.stale`, not deleted.
-
-    .. versionadded:: 0.1.0
-    """
-    root = check_output_dir(output_dir)
-    try:
-        _private_dir(root)
-    except OSError as exc:
-        raise ClientConfigError(f"cannot create {root}: {exc.strerror or exc}", "unwritable") from None
-    entries: list[ExportEntry] = []
-    used: set[str] = set()
-    for outcome in report.outcomes:
-        base = ExportEntry(
-            username=outcome.username,
-            email=outcome.email,
-            status=outcome.status.value,
-            user_principal_name=outcome.user_principal_name,
-            error=outcome.error,
-        )
-        if outcome.status is not Status.SET or outcome.enrollment_url is None or outcome.enrollment_token is None:
-            entries.append(base)
-            continue
-        config = ProvisioningConfig(outcome.enrollment_url, outcome.enrollment_token)
-        try:
-            name = member_directory_name(outcome.user_principal_name or "")
-        except ValueError as exc:
-            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=f"{exc}: no file written"))
-            continue
-        if name.lower() in used:  # cannot happen with unique UPNs; never let two members share a file
-            error = f"directory {name!r} is already used by another member: no file written"
-            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=error))
-            continue
-        used.add(name.lower())
-        relative = f"{name}/{PROVISIONING_FILENAME}"
-        try:
-            written = write_provisioning_file(config, root / name / PROVISIONING_FILENAME, force=True)
-        except (ClientConfigError, ConfigurationError) as exc:
-            entries.append(attrs.evolve(base, status=Status.FAILED.value, error=str(exc)))
-            continue
-        entries.append(
-            attrs.evolve(
-                base,
-                status="exported",
-                path=relative,
-                file=written,
-                error=None,
-                deep_link=Secret(deep_link(config)) if deep_links else None,
-            )
-        )
-    manifest = ExportManifest(
-        output_dir=root,
-        group_name=report.group_name,
-        group_source=report.group_source,
-        attribute_set=report.attribute_set,
-        entries=tuple(entries),
-        deep_links=deep_links,
-        stale=_stale(root, used),
-    )
-    try:
-        write_private_file(root / MANIFEST_JSON, manifest.json_bytes())
-        write_private_file(root / MANIFEST_CSV, manifest.csv_bytes())
-    except OSError as exc:
-        raise ClientConfigError(f"cannot write the manifest in {root}: {exc.strerror or exc}", "unwritable") from None
-    return manifest
-
-
-def _stale(root: Path, used: set[str]) -> tuple[str, ...]:
-    try:
-        children: Sequence[Path] = sorted(root.iterdir())
-    except OSError:
-        return ()
-    return tuple(
-        child.name for child in children if child.name.lower() not in used and (child / PROVISIONING_FILENAME).is_file()
-    )
+#: The blocking form (the public one) of :func:`_fetch_provisioning_config`, on a loop thread of its own per call;
+#: the client it builds owns, and closes, the credential it signs in with (unless ``credential`` is given).
+fetch_provisioning_config = blocking_function(_fetch_provisioning_config, "fetch_provisioning_config")
 
 
 def check_output_file(path: str | os.PathLike[str]) -> Path:
