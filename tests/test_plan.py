@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defguard_entra._batches import chunked
+from defguard_entra._chunks import chunked
 from defguard_entra.models import DefguardUser, EntraUser, Status, TokenKind
 from defguard_entra.provisioning.plan import classify, detect_shared_entra_users, map_entra_members
 
