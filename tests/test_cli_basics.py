@@ -124,3 +124,49 @@ def test_serve_prints_working_credentials_for_admin_and_end_user(tmp_path) -> No
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- typed options -------------------------------------------------------------------------------------------------
+
+_EVERY_COMMAND = [
+    ["provision", "--group-name", "G", "--dry-run", "--retries", "2", "-v"],
+    ["demo", "--defguard-version", "1.6", "-q"],
+    ["fetch-config", "--output", "p.json", "--force", "--tenant-id", "t"],
+    ["export", "--group-name", "G", "--output-dir", "out", "--provision", "--concurrency", "4"],
+    ["status", "--group-name", "G", "--enrolled", "desktop", "--report", "s.csv"],
+    ["clear", "--group-name", "G", "--all", "--graph-write-rate", "5"],
+    ["check", "--group-name", "G", "--probe-write", "--timeout", "9"],
+]
+
+
+@pytest.mark.parametrize("argv", _EVERY_COMMAND, ids=lambda argv: argv[0])
+def test_every_parsed_option_lands_in_the_typed_options(argv: list[str]) -> None:
+    """The namespace becomes one frozen options object per command; no value is dropped or renamed on the way."""
+    from defguard_entra.cli import COMMANDS, build_parser
+    from defguard_entra.cli._options import options_from
+
+    assert {argv[0] for argv in _EVERY_COMMAND} == set(COMMANDS)
+    namespace = build_parser().parse_args(argv)
+    options = options_from(namespace)
+    assert options.command == argv[0]
+    flags = options.flags()
+    for name, value in vars(namespace).items():
+        if name != "command":
+            assert flags[name] == value, name
+
+
+def test_an_option_the_options_classes_do_not_model_fails_loudly() -> None:
+    import argparse
+
+    from defguard_entra.cli._options import options_from
+
+    with pytest.raises(TypeError, match="no field for surprise"):
+        options_from(argparse.Namespace(command="check", group_name="G", surprise=1))
+
+
+def test_exit_codes_come_from_the_returned_data() -> None:
+    from defguard_entra.cli._present import DemoRun, exit_code
+
+    assert exit_code(DemoRun(ok=True)) == 0
+    assert exit_code(DemoRun(ok=False)) == 1
+    assert exit_code(DemoRun(ok=False, interrupted=True)) == 130

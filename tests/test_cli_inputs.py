@@ -1,4 +1,4 @@
-"""Input the CLI must survive (issue 11): secrets in usage errors, PowerShell habits, token files and prompts,
+"""Input the CLI must survive: secrets in usage errors, PowerShell habits, token files and prompts,
 odd numbers, http://, NUL bytes and control characters, and consoles that cannot show everything or go away.
 
 Everything drives the real CLI: in-process through :func:`helpers.run_cli` (or :func:`defguard_entra.cli.main`
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from defguard_entra import ConfigurationError, Settings
-from defguard_entra import cli as cli_module
+from defguard_entra.cli import _settings as cli_settings
 from defguard_entra.cli import main
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, seed_sample_organisation
 from helpers import Org, Result, run_cli
@@ -265,7 +265,7 @@ def test_api_token_dash_on_a_terminal_prompts_without_echo(org2: Org, monkeypatc
         stream.write(prompt)  # getpass writes its prompt to the stream it is given: stderr, not stdout
         return token
 
-    monkeypatch.setattr(cli_module.getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(cli_settings.getpass, "getpass", fake_getpass)
     argv = ["status", "--group-name", org2.scenario.group, "--api-token", "-", "--no-progress"]
     result = _run_with_stdin(argv, _env_without_token(org2), _Terminal())
     assert result.code == 1, result.stderr
@@ -279,12 +279,12 @@ def test_api_token_dash_on_a_terminal_with_nothing_entered(org2: Org, monkeypatc
     def no_input(prompt: str = "", stream: object = None) -> str:
         raise EOFError
 
-    monkeypatch.setattr(cli_module.getpass, "getpass", no_input)
+    monkeypatch.setattr(cli_settings.getpass, "getpass", no_input)
     argv = ["status", "--group-name", "G", "--api-token", "-"]
     result = _run_with_stdin(argv, _env_without_token(org2), _Terminal())
     assert result.code == 2
     assert "no token entered" in _one_error_line(result)
-    monkeypatch.setattr(cli_module.getpass, "getpass", lambda prompt="", stream=None: "   ")
+    monkeypatch.setattr(cli_settings.getpass, "getpass", lambda prompt="", stream=None: "   ")
     result = _run_with_stdin(argv, _env_without_token(org2), _Terminal())
     assert result.code == 2
     assert "--api-token -" in _one_error_line(result)

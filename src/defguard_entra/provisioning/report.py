@@ -18,7 +18,7 @@ from .plan import Member
 __all__ = ["Progress", "Run", "desktop_note", "guarded_progress", "log", "outcome"]
 
 #: The orchestrator's one logger, under the name its lines have always carried (the CLI prints ``%(name)s``).
-log = logging.getLogger("defguard_entra._service")
+log = logging.getLogger("defguard_entra.provisioning")
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while members are processed."""

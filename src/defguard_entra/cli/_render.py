@@ -1,4 +1,5 @@
-"""Presentation: summary tables, JSON and CSV reports. Used by the CLI and by notebooks; never prints itself."""
+"""Presentation: summary tables, the ``check`` checklist, the export summary, JSON and CSV reports. Turns what a
+command returned into text or files; never prints itself."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._files import csv_chunks, write_private_file
-from .exceptions import ConfigurationError
-from .models import OUTCOME_FIELDS, Checklist, CheckState, Report
+from .._files import csv_chunks, write_private_file
+from ..exceptions import ConfigurationError
+from ..models import OUTCOME_FIELDS, Checklist, CheckState, Report
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._export import ExportManifest
 
 __all__ = [
     "check_report_path",
     "format_checklist",
+    "format_export_summary",
     "format_status_table",
     "format_summary",
     "report_bytes",
@@ -151,4 +158,36 @@ def format_checklist(checklist: Checklist, *, problems_only: bool = False) -> st
         warnings = sum(1 for item in checklist.items if item.state is CheckState.WARN)
         extra = f" ({warnings} item{'s' if warnings != 1 else ''} not verified: see the hints)" if warnings else ""
         lines.append(f"ready: provision can run for this group{extra}")
+    return "\n".join(lines)
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+
+
+def format_export_summary(manifest: ExportManifest, notes: Sequence[str]) -> str:
+    """The end-of-export text: files written per kind, a status table, the members that need attention."""
+    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
+
+    entries = manifest.entries
+    files = [e for e in entries if e.status == "exported"]
+    changes = ", ".join(
+        f"{sum(1 for e in files if e.file is not None and e.file.value == kind)} {kind}"
+        for kind in ("written", "replaced", "unchanged")
+    )
+    plural = "s" if len(entries) != 1 else ""
+    title = (
+        f"export of group {manifest.group_name!r} to {manifest.output_dir}: {len(files)} of {len(entries)} "
+        f"member{plural} have a provisioning.json ({changes})"
+    )
+    lines = [title]
+    if entries:
+        lines.append(format_pretty_table([[k, v] for k, v in manifest.summary.items()], ["status", "members"]))
+    problems = [e for e in entries if not e.ok]
+    if problems:
+        rows = [[e.username or e.user_principal_name or "-", e.status, e.error or ""] for e in problems[:_PROBLEM_ROWS]]
+        lines.append(format_pretty_table(rows, ["member", "status", "why"]))
+        if len(problems) > _PROBLEM_ROWS:
+            lines.append(f"… and {len(problems) - _PROBLEM_ROWS} more: see manifest.csv")
+    lines.extend(f"note: {n}" for n in notes)
+    lines.append(f"manifest: {manifest.output_dir / 'manifest.json'} and manifest.csv (owner-only)")
     return "\n".join(lines)

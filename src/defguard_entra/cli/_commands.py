@@ -1,0 +1,253 @@
+"""One handler per command: validate the options, call the library, and RETURN what it gave (presenting it and the
+exit code are :mod:`._present`'s). Every command that reads a group goes through one path: :func:`_session`
+(settings → checks → redaction → the service, opened with the command's Graph scopes)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
+
+from .._desktop_client import (
+    check_output_file,
+    default_provisioning_path,
+    fetch_provisioning_config,
+    require_user_sign_in,
+    write_provisioning_file,
+)
+from .._export import check_output_dir, write_export
+from .._redact import RedactingFilter
+from .._scopes import Command, scopes_for
+from ..config import Settings
+from ..exceptions import ConfigurationError
+from ..models import Checklist, Report
+from ._console import Console, ProgressLine
+from ._options import (
+    CheckOptions,
+    ClearOptions,
+    ExportOptions,
+    FetchConfigOptions,
+    GroupOptions,
+    Options,
+    ProvisionOptions,
+    StatusOptions,
+)
+from ._present import ExportRun, FetchRun, ReportRun, Result, present
+from ._render import check_report_path
+from ._settings import load_settings, state_dir
+
+if TYPE_CHECKING:
+    from ..provisioning import ProvisioningService
+
+__all__ = ["Context", "run"]
+
+
+@attrs.define
+class Context:
+    """What a command runs with: the environment, stdin, the console, the redaction filter, the stop event."""
+
+    environ: Mapping[str, str]
+    stdin: TextIO
+    console: Console
+    redactor: RedactingFilter
+    stop: threading.Event
+
+
+def run(options: Options, ctx: Context) -> Result:
+    """Run the command ``options`` are for (every command but ``demo``, which is :mod:`._demo`'s)."""
+    if isinstance(options, ProvisionOptions):
+        return provision(options, ctx)
+    if isinstance(options, StatusOptions):
+        return status(options, ctx)
+    if isinstance(options, ClearOptions):
+        return clear(options, ctx)
+    if isinstance(options, CheckOptions):
+        return check(options, ctx)
+    if isinstance(options, ExportOptions):
+        return export(options, ctx, on_provisioned=lambda run: present(run, ctx.console))
+    if isinstance(options, FetchConfigOptions):
+        return fetch_config(options, ctx)
+    msg = f"no handler for {options.command}"
+    raise TypeError(msg)
+
+
+# -- the shared path ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Prepared:
+    settings: Settings
+    group_name: str
+    report_path: Path | None
+    output_dir: Path | None
+
+
+def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
+    """Settings and the output paths, validated before any request; secrets registered with the redactor."""
+    settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
+    if not options.group_name or not options.group_name.strip():
+        raise ConfigurationError(f"--group-name is required: the name of the group whose members to {options.verb}")
+    options.check()
+    report_path = check_report_path(options.report) if options.report else None
+    output_dir = check_output_dir(options.output_dir) if isinstance(options, ExportOptions) else None
+    settings.require_defguard()
+    if settings.defguard_token is not None:
+        ctx.redactor.add(settings.defguard_token.value)
+    if settings.graph.static_token is not None:
+        ctx.redactor.add(settings.graph.static_token.value)
+    return _Prepared(settings, options.group_name, report_path, output_dir)
+
+
+@contextlib.contextmanager
+def _session(
+    options: GroupOptions, ctx: Context, *, scopes: Command
+) -> Iterator[tuple[ProvisioningService, _Prepared]]:
+    """:func:`_prepare`, then the service, signed in to Graph with the scopes of the command ``scopes``."""
+    prepared = _prepare(options, ctx)
+    from ..provisioning import ProvisioningService  # noqa: PLC0415 - the HTTP and Microsoft stacks load only to run
+
+    with ProvisioningService.from_settings(
+        prepared.settings,
+        prompt=ctx.console.info,
+        delegated_scopes=scopes_for(scopes, options.group_source),
+        state_dir=state_dir(ctx.environ),
+    ) as service:
+        yield service, prepared
+
+
+def _progress(options: Options, ctx: Context, label: str) -> ProgressLine | None:
+    if options.console.no_progress or options.console.quiet:
+        return None
+    return ProgressLine(ctx.console.stderr, label)
+
+
+#: The flags ``audit["options"]`` leaves out: not options of the run (or, ``api_token``, a secret).
+_NOT_OPTIONS = frozenset({"command", "api_token", "verbose", "quiet", "no_progress", "debug"})
+
+
+def _audited(report: Report, options: Options, settings: Settings, environ: Mapping[str, str]) -> Report:
+    """The report with the options of this run in ``audit["options"]`` (never a secret: the API token's value is
+    left out, only where it came from is recorded)."""
+    secrets = {s.value for s in (settings.defguard_token, settings.graph.static_token) if s is not None}
+    # graceful_stop was an argparse default the namespace carried into every report: kept so reports compare
+    flags = {**options.flags(), **({"graceful_stop": True} if options.graceful else {})}
+    given: dict[str, Any] = {
+        key: value
+        for key, value in sorted(flags.items())
+        if key not in _NOT_OPTIONS and value not in (None, False) and not (isinstance(value, str) and value in secrets)
+    }
+    defguard = options.defguard
+    literal = defguard.api_token if defguard is not None else None
+    source: str | None
+    if literal == "-":
+        source = "stdin"
+    elif literal is not None:
+        source = "command line"
+    elif defguard is not None and defguard.api_token_file:
+        source = "file"
+    else:
+        source = "environment" if environ.get("DEFGUARD_API_TOKEN") else None
+    given.update(
+        command=report.command,
+        api_token_source=source,
+        defguard_url=settings.defguard_url,
+        graph_url=settings.graph.base_url,
+        graph_auth=settings.graph.resolved_auth().value,
+        attribute_set=settings.attribute_set,
+    )
+    return attrs.evolve(report, audit={**report.audit, "options": {**report.audit.get("options", {}), **given}})
+
+
+# -- the commands ------------------------------------------------------------------------------------------------
+
+
+def _provision(
+    service: ProvisioningService, options: ProvisionOptions | ExportOptions, prepared: _Prepared, ctx: Context
+) -> Report:
+    """``provision`` of the group: the command itself, and ``export --provision`` before it exports."""
+    return service.provision(
+        prepared.group_name,
+        group_source=options.group_source,
+        lifetime=prepared.settings.token_lifetime,
+        enrolled=options.enrolled,
+        dry_run=isinstance(options, ProvisionOptions) and options.dry_run,
+        only_missing=options.only_missing,
+        progress=_progress(options, ctx, "provisioning"),
+        stop=ctx.stop,
+    )
+
+
+def provision(options: ProvisionOptions, ctx: Context) -> ReportRun:
+    with _session(options, ctx, scopes="provision") as (service, prepared):
+        report = _provision(service, options, prepared, ctx)
+    report = _audited(report, options, prepared.settings, ctx.environ)
+    return ReportRun(report, prepared.report_path, reveal_tokens=options.reveal_tokens)
+
+
+def status(options: StatusOptions, ctx: Context) -> ReportRun:
+    with _session(options, ctx, scopes="status") as (service, prepared):
+        report = service.status(
+            prepared.group_name, group_source=options.group_source, enrolled=options.enrolled, stop=ctx.stop
+        )
+    report = _audited(report, options, prepared.settings, ctx.environ)
+    return ReportRun(report, prepared.report_path, table=True)
+
+
+def clear(options: ClearOptions, ctx: Context) -> ReportRun:
+    with _session(options, ctx, scopes="clear") as (service, prepared):
+        report = service.clear(
+            prepared.group_name,
+            group_source=options.group_source,
+            all_members=options.all_members,
+            dry_run=options.dry_run,
+            progress=_progress(options, ctx, "clearing"),
+            stop=ctx.stop,
+        )
+    report = _audited(report, options, prepared.settings, ctx.environ)
+    return ReportRun(report, prepared.report_path)
+
+
+def check(options: CheckOptions, ctx: Context) -> Checklist:
+    with _session(options, ctx, scopes="check") as (service, prepared):
+        return service.check(prepared.group_name, group_source=options.group_source, probe_write=options.probe_write)
+
+
+def export(options: ExportOptions, ctx: Context, *, on_provisioned: Callable[[ReportRun], None]) -> ExportRun:
+    """``export`` (with ``--provision``, provision first in the same session: ``on_provisioned`` presents that run
+    as soon as it ends, before the export starts)."""
+    with _session(options, ctx, scopes="provision" if options.provision else "export") as (service, prepared):
+        assert prepared.output_dir is not None
+        provisioned = None
+        if options.provision:
+            provisioned = _provision(service, options, prepared, ctx)
+            provision_run = ReportRun(provisioned)
+            on_provisioned(provision_run)
+            if provisioned.fatal_error or provisioned.interrupted:
+                return ExportRun(prepared.output_dir, None, provisioned=provision_run)
+        report = service.export(
+            prepared.group_name, group_source=options.group_source, enrolled=options.enrolled, after=provisioned
+        )
+    manifest = write_export(report, prepared.output_dir, deep_links=options.deep_links)
+    return ExportRun(prepared.output_dir, manifest, report.notes)
+
+
+def fetch_config(options: FetchConfigOptions, ctx: Context) -> FetchRun:
+    """On the user's machine: read the signed-in user's attributes and write the client's provisioning.json."""
+    settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
+    require_user_sign_in(settings.graph)
+    target = (
+        check_output_file(options.output) if options.output else default_provisioning_path(sys.platform, ctx.environ)
+    )
+    if target.is_dir():
+        raise ConfigurationError(f"{str(target)!r} is a directory: remove it or pass --output PATH")
+    if settings.graph.static_token is not None:
+        ctx.redactor.add(settings.graph.static_token.value)
+    config = fetch_provisioning_config(settings, prompt=ctx.console.info)
+    ctx.redactor.add(config.enrollment_token.value)
+    outcome = write_provisioning_file(config, target, force=options.force)
+    return FetchRun(target, outcome, config.enrollment_url)

@@ -1,0 +1,267 @@
+"""Console output: stdout for results, stderr for progress, warnings and errors, all through the redaction filter;
+text degraded to what the stream's encoding can show; a closed pipe skipped; logging and signal handling."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .._redact import RedactingFilter
+
+__all__ = [
+    "Console",
+    "Discard",
+    "ProgressLine",
+    "install_signal_handlers",
+    "interrupt_on_sigterm",
+    "setup_logging",
+    "write",
+]
+
+#: What a console that cannot show a character gets instead (Windows code pages, PYTHONIOENCODING=ascii).
+_FALLBACKS = {
+    "…": "...",
+    "–": "-",
+    "—": "-",
+    "‘": "'",
+    "’": "'",
+    "“": '"',
+    "”": '"',
+    "→": "->",
+    "←": "<-",
+    "×": "x",
+    "≥": ">=",
+    "≤": "<=",
+    "µ": "u",
+    "✓": "ok",
+    "✗": "x",
+    "\u00a0": " ",
+}
+_DEGRADE = "defguard_entra.degrade"
+
+
+def _degrade_error(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(_FALLBACKS.get(char, "?") for char in text), error.end
+
+
+codecs.register_error(_DEGRADE, _degrade_error)
+
+
+def _encodable(text: str, stream: Any) -> str:
+    """``text`` as ``stream`` can show it: unchanged on UTF-8 (and on in-memory streams), else with ``…`` as
+    ``...`` and other characters the encoding lacks as ``?``, instead of a UnicodeEncodeError mid-run."""
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str) or encoding.lower().replace("-", "").replace("_", "") in {"utf8", "utf16"}:
+        return text
+    try:
+        return text.encode(encoding, _DEGRADE).decode(encoding, "replace")
+    except (LookupError, UnicodeError):
+        return text.encode("ascii", _DEGRADE).decode("ascii")
+
+
+class Discard(io.StringIO):
+    """Where output goes when there is no stream (stdout or stderr closed at start, ``pythonw``)."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+#: Streams that failed (closed pipe): nothing more is written to them in this process.
+_BROKEN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _is_broken(stream: Any) -> bool:
+    try:
+        return stream in _BROKEN
+    except TypeError:  # a stream that cannot be weakly referenced is simply tried again
+        return False
+
+
+def _mark_broken(stream: Any) -> None:
+    with contextlib.suppress(TypeError):
+        _BROKEN.add(stream)
+
+
+def write(stream: TextIO, text: str, *, newline: bool = True) -> bool:
+    """Write and flush; ``False`` (and nothing raised) when the stream is closed or its reader has gone away
+    (``| head``): losing output must not abort a run half-way or change its exit code."""
+    if _is_broken(stream):
+        return False
+    try:
+        stream.write(_encodable(text, stream) + ("\n" if newline else ""))
+        stream.flush()
+    except (OSError, ValueError):  # BrokenPipeError, EIO, "I/O operation on closed file"
+        _mark_broken(stream)
+        _silence(stream)
+        return False
+    return True
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a broken standard stream's descriptor at the null device, so that the interpreter's final flush of
+    what is still buffered neither prints "Exception ignored … BrokenPipeError" nor turns the exit code into 120."""
+    if stream not in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+
+class Console:
+    """stdout for results, stderr for progress, warnings and errors; everything through the redaction filter.
+
+    Text the stream's encoding cannot show is degraded (``…`` → ``...``), and a closed stream is skipped."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> None:
+        self.stdout, self.stderr, self.redactor, self.quiet = stdout, stderr, redactor, quiet
+
+    def out(self, text: str) -> None:
+        write(self.stdout, self.redactor.redact(text))
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            write(self.stderr, self.redactor.redact(text))
+
+    def warn(self, text: str) -> None:
+        write(self.stderr, "warning: " + self.redactor.redact(text))
+
+    def error(self, text: str) -> None:
+        write(self.stderr, "error: " + self.redactor.redact(text))
+
+
+class ProgressLine:
+    """Members done, on stderr: a rewritten line on a terminal, a plain line every 10 % (or 5 s) otherwise."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream, self.label = stream, label
+        try:
+            self.tty = stream.isatty()
+        except (OSError, ValueError):
+            self.tty = False
+        self._last_pct = -1
+        self._last_time = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        with self._lock:
+            now = time.monotonic()
+            if self.tty:
+                end = "\n" if done >= total else ""
+                line = f"\r{self.label}: {done}/{total} ({pct}%){end}"
+            elif done >= total or pct >= self._last_pct + 10 or now - self._last_time >= 5:
+                line = f"{self.label}: {done}/{total} ({pct}%)\n"
+            else:
+                return
+            self._last_pct, self._last_time = pct, now
+            write(self.stream, line, newline=False)  # a closed stderr only loses the progress line
+
+
+class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines degraded to the stream's encoding; a failing stream drops the line instead of printing
+    logging's "--- Logging error ---" traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - a broken record must not end the run (the filter already redacted it)
+            return
+        write(self.stream, text)
+
+
+def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> logging.Handler:
+    """A redacting stderr handler on the root logger at the level ``-v``/``-vv``/``-q`` ask for; the caller
+    removes it when the command ends."""
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    handler = _StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redactor)
+    handler.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, level))
+    if level > logging.DEBUG:  # the SDKs are chatty at INFO: keep them to warnings unless -vv
+        for name in ("azure", "msal", "httpx", "urllib3", "kiota_http"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        # stamina warns on every scheduled retry; retries are expected and counted in the report, so its lines
+        # only show at -vv (our own INFO lines at -v say what is being retried and why).
+        logging.getLogger("stamina").setLevel(logging.ERROR)
+    return handler
+
+
+# -- signals ---------------------------------------------------------------------------------------------------
+
+
+def interrupt_on_sigterm() -> Callable[[], None]:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt → exit 130) for commands with nothing to finish."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _handle)
+
+    def _restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return _restore
+
+
+#: What stops a run gracefully: Ctrl-C, SIGTERM, and SIGHUP (an SSH session dropping) where it exists.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+#: The third signal aborts at once (the journal still holds what was in flight).
+_SIGNALS_TO_ABORT = 3
+
+
+def install_signal_handlers(stop: threading.Event, console: Console) -> Callable[[], None]:
+    """First Ctrl-C/SIGTERM: stop starting new work and finish what is in flight; the second: stop now."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    signals = 0
+
+    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
+        nonlocal signals
+        signals += 1
+        if signals >= _SIGNALS_TO_ABORT:
+            raise KeyboardInterrupt
+        if stop.is_set():
+            console.warn(
+                "still stopping: the writes in flight finish in seconds and the journal records any token they "
+                "leave unstored; once more aborts without a report"
+            )
+            return
+        stop.set()
+        console.warn("stopping: finishing the writes in flight, then writing the report")
+
+    previous = {sig: signal.signal(sig, _handle) for sig in _STOP_SIGNALS}
+
+    def _restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return _restore

@@ -1,0 +1,136 @@
+"""The entry point: parse, run the command, present its result, and the ONE map from exceptions to exit codes (one
+line on stderr per error, never a traceback unless ``--debug``, never a secret)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from .._redact import RedactingFilter, secrets_in_argv
+from ..config import DEFAULT_ATTRIBUTE_SET
+from ..exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
+from ..models import Report
+from ._argv import normalise_argv
+from ._commands import Context, run
+from ._console import Console, Discard, install_signal_handlers, interrupt_on_sigterm, setup_logging, write
+from ._demo import demo
+from ._options import DemoOptions, GroupOptions, Options, options_from
+from ._parser import UsageError, build_parser
+from ._present import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, Result, exit_code, present
+from ._render import write_report
+
+__all__ = ["as_flags", "main"]
+
+log = logging.getLogger("defguard_entra")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the CLI; returns the exit code. Every stream and the environment can be injected (tests do)."""
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    stdout = stdout or sys.stdout or Discard()  # sys.stdout is None when the descriptor was closed at start
+    stderr = stderr or sys.stderr or Discard()
+    redactor = RedactingFilter(secrets_in_argv(argv))
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(stdout):  # --help and --version print to the injected stream
+            namespace = parser.parse_args(normalise_argv(argv, parser))
+    except UsageError as exc:
+        # argparse echoes the words it could not place: mask token-like ones, and every value of a secret option
+        for secret in secrets_in_argv(argv, shaped=True):
+            redactor.add(secret)
+        message = str(exc) if "--help" in str(exc) else f"{exc} (see --help)"
+        write(stderr, "error: " + redactor.redact(message))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version print and "exit"
+        return int(exc.code or 0)
+    if namespace.command is None:
+        parser.print_help(stdout)
+        return EXIT_USAGE
+    options = options_from(namespace)
+    console = Console(stdout, stderr, redactor, quiet=options.console.quiet)
+    ctx = Context(environ, stdin or sys.stdin, console, redactor, threading.Event())
+    handler = setup_logging(options.console.verbose, stderr, redactor, quiet=options.console.quiet)
+    started = _now()
+    # Commands that check the stop event get a graceful first Ctrl-C; the others stop at once (exit 130).
+    restore = install_signal_handlers(ctx.stop, console) if options.graceful else interrupt_on_sigterm()
+    try:
+        result: Result = demo(options, ctx) if isinstance(options, DemoOptions) else run(options, ctx)
+        present(result, console)
+        return exit_code(result)
+    except ConfigurationError as exc:  # a usage error too: a token pasted into the wrong option is not echoed
+        for secret in secrets_in_argv(argv, shaped=True):
+            redactor.add(secret)
+        console.error(as_flags(str(exc)))
+        return EXIT_USAGE
+    except (PreflightError, DefguardError, EntraError) as exc:
+        console.error(str(exc))
+        if options.console.debug:
+            log.exception("details")
+        _write_fatal_report(options, exc, started, console)
+        return EXIT_FATAL
+    except DefguardEntraError as exc:
+        console.error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        restore()
+        logging.getLogger().removeHandler(handler)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _write_fatal_report(options: Options, exc: Exception, started: dt.datetime, console: Console) -> None:
+    """A run that could not start still replaces ``--report`` (no members, ``fatal_error`` set), so automation
+    never reads an earlier run's results as this one's."""
+    path = options.report
+    if not path:
+        return
+    group = options if isinstance(options, GroupOptions) else None
+    report = Report(
+        command=options.command,
+        started_at=started,
+        finished_at=_now(),
+        group_name=(group.group_name if group is not None else None) or "",
+        group_source=group.group_source if group is not None else "defguard",
+        attribute_set=options.graph.attribute_set_name or DEFAULT_ATTRIBUTE_SET,
+        outcomes=(),
+        fatal_error=str(exc),
+    )
+    try:
+        write_report(report, path)
+    except (OSError, ConfigurationError) as error:
+        console.warn(f"could not write the report {path!r}: {error}")
+
+
+#: The library's messages speak of its parameters; the CLI's of the flags that set them.
+_FLAG_OF = {
+    "group_name": "--group-name",
+    "group_source": "--group-source",
+    "enrolled": "--enrolled",
+    "lifetime": "--enrollment-token-expiration-time",
+}
+_PARAMETER = re.compile(r"\b(" + "|".join(_FLAG_OF) + r")\b(?= (?:is|must|=))")
+
+
+def as_flags(message: str) -> str:
+    """A library error message with its parameter names (``group_name is empty``) turned into flags."""
+    return _PARAMETER.sub(lambda m: _FLAG_OF[m.group(1)], message)
