@@ -119,10 +119,14 @@ def test_retry_after_http_date() -> None:
 
 
 def test_writes_spend_the_burst_then_pace_when_graph_warns() -> None:
-    """A bucket of 60 writes refilled at 20/s that starts full (Graph's 3,000 per 150 s, scaled down): default
-    flags spend the burst, switch to 20/s when the throttle-percentage header passes 80 %, and are not refused."""
-    with DefguardEmulator("2.0") as defguard, GraphEmulator(write_quota=WriteQuota(60, 3.0)) as graph:
-        ids = _seed(defguard, graph, 120)
+    """A bucket of 200 writes refilled at 20/s that starts full (Graph's 3,000 per 150 s, scaled down): default
+    flags spend the burst, switch to 20/s when the throttle-percentage header passes 80 %, and are not refused.
+
+    Graph sends the header only above 80 %, so what is left after the first warning (20 % of the bucket) must
+    cover the writes already in flight (two batches of 20), as Graph's 600 do; a bucket of 60 left 12 and made
+    the refusals depend on whether two batches happened to overlap."""
+    with DefguardEmulator("2.0") as defguard, GraphEmulator(write_quota=WriteQuota(200, 10.0)) as graph:
+        ids = _seed(defguard, graph, 260)
         result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
         assert result.code == 0, result.stderr
         assert _consistent(defguard, graph, ids) == []

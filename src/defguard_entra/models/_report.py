@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ._values import MatchedBy, Secret, Status, TokenKind
+from ._values import GroupSource, MatchedBy, Secret, Status, TokenKind
 
 __all__ = ["OUTCOME_FIELDS", "CheckItem", "CheckState", "Checklist", "Outcome", "Report", "summarize"]
 
@@ -88,7 +88,7 @@ class Report:
     started_at: dt.datetime
     finished_at: dt.datetime
     group_name: str
-    group_source: str
+    group_source: GroupSource
     attribute_set: str
     outcomes: tuple[Outcome, ...]
     defguard_url: str | None = None
@@ -217,7 +217,7 @@ class Checklist:
 
     items: tuple[CheckItem, ...]
     group_name: str
-    group_source: str = "defguard"
+    group_source: GroupSource = "defguard"
     attribute_set: str = "Defguard"
     defguard_url: str | None = None
     defguard_version: str | None = None

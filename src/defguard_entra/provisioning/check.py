@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from ..exceptions import DefguardAuthError, DefguardError, EntraAPIError, EntraError, PreflightError
-from ..models import CheckItem, Checklist, CheckState, DefguardDeployment, EntraUser
+from ..models import CheckItem, Checklist, CheckState, DefguardDeployment, EntraUser, GroupSource
 from ._ports import Clients
 from .checklist import (
     READ_ATTRIBUTES,
@@ -29,7 +29,7 @@ from .roster import graph_principal
 __all__ = ["check_defguard", "check_graph", "checklist", "probe_item"]
 
 
-async def checklist(clients: Clients, group_name: str, group_source: str, *, probe_write: bool) -> Checklist:
+async def checklist(clients: Clients, group_name: str, group_source: GroupSource, *, probe_write: bool) -> Checklist:
     """Every line, Defguard's first; with ``probe_write`` the judged write permission replaced by the probe."""
     items: list[CheckItem] = []
     version = await check_defguard(clients, group_name, group_source, items)
@@ -48,7 +48,9 @@ async def checklist(clients: Clients, group_name: str, group_source: str, *, pro
     )
 
 
-async def check_defguard(clients: Clients, group_name: str, group_source: str, items: list[CheckItem]) -> str | None:
+async def check_defguard(
+    clients: Clients, group_name: str, group_source: GroupSource, items: list[CheckItem]
+) -> str | None:
     """The Defguard lines; the server's version, or ``None`` when it is not reachable."""
     defguard = clients.defguard
     try:
@@ -116,7 +118,7 @@ async def _defguard_group_item(clients: Clients, group_name: str) -> CheckItem:
     )
 
 
-async def check_graph(clients: Clients, group_name: str, group_source: str, items: list[CheckItem]) -> None:
+async def check_graph(clients: Clients, group_name: str, group_source: GroupSource, items: list[CheckItem]) -> None:
     """The Graph lines: sign-in, reading users, the Entra group, the attribute set, and the permissions."""
     rest = ["graph_read_users", "graph_read_definitions", "attribute_set", "attribute_token", "attribute_url"]
     rest += [WRITE_ATTRIBUTES.key, READ_ATTRIBUTES.key] + (["group"] if group_source == "entra" else [])
@@ -166,7 +168,7 @@ async def check_graph(clients: Clients, group_name: str, group_source: str, item
     items.append(permission_item(READ_ATTRIBUTES, principal))
 
 
-async def probe_item(clients: Clients, group_name: str, group_source: str) -> CheckItem:
+async def probe_item(clients: Clients, group_name: str, group_source: GroupSource) -> CheckItem:
     """``check --probe-write``: the write probe on the first group member found in Entra."""
     title = f"permission to write attribute set {clients.attribute_set!r} (probed)"
     key = WRITE_ATTRIBUTES.key
@@ -189,7 +191,7 @@ async def probe_item(clients: Clients, group_name: str, group_source: str) -> Ch
     )
 
 
-async def _probe_target(clients: Clients, group_name: str, group_source: str) -> EntraUser | None:
+async def _probe_target(clients: Clients, group_name: str, group_source: GroupSource) -> EntraUser | None:
     entra = clients.entra
     if group_source == "entra":
         groups = await entra.find_groups(group_name)

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ..models import Outcome, Report, Status, TokenKind
+from ..models import GroupSource, Outcome, Report, Status, TokenKind
 from .plan import Member
 
 __all__ = ["Progress", "Run", "desktop_note", "guarded_progress", "log", "outcome"]
@@ -38,7 +38,7 @@ class Run:
 
     command: str
     group_name: str
-    group_source: str
+    group_source: GroupSource
     attribute_set: str
     defguard_url: str
     options: Mapping[str, Any] = attrs.field(factory=dict)

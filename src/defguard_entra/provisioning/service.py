@@ -20,7 +20,7 @@ from .._scopes import COMMAND_SCOPES
 from .._sync import LoopThread, blocking
 from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for
 from ..exceptions import ServiceStateError
-from ..models import Checklist, DefguardServer, EnrolledPolicy, Report, Status
+from ..models import Checklist, DefguardServer, EnrolledPolicy, GroupSource, Report, Status
 from . import check as probes
 from . import mint, roster, stored
 from ._ports import Clients
@@ -177,10 +177,10 @@ class ProvisioningService:
             raise ServiceStateError(msg)
         return Clients(self.defguard, self.entra, self.attribute_set, self._executor)
 
-    def _guard(self, group_name: str, group_source: str, *, write: bool) -> RunGuard:
+    def _guard(self, group_name: str, group_source: GroupSource, *, write: bool) -> RunGuard:
         return run_guard(self.state_dir, self.defguard.url, group_name, group_source, write=write)
 
-    def _start(self, command: str, group_name: str, group_source: str, **audit: Any) -> Run:
+    def _start(self, command: str, group_name: str, group_source: GroupSource, **audit: Any) -> Run:
         return Run(
             command,
             group_name,
@@ -198,7 +198,7 @@ class ProvisioningService:
         self,
         group_name: str,
         *,
-        group_source: str = "defguard",
+        group_source: GroupSource = "defguard",
         lifetime: dt.timedelta | None = None,
         enrolled: EnrolledPolicy = "auto",
         dry_run: bool = False,
@@ -247,7 +247,7 @@ class ProvisioningService:
         self,
         group_name: str,
         *,
-        group_source: str = "defguard",
+        group_source: GroupSource = "defguard",
         enrolled: EnrolledPolicy = "auto",
         stop: threading.Event | None = None,
     ) -> Report:
@@ -277,7 +277,7 @@ class ProvisioningService:
         self,
         group_name: str,
         *,
-        group_source: str = "defguard",
+        group_source: GroupSource = "defguard",
         all_members: bool = False,
         dry_run: bool = False,
         progress: Progress | None = None,
@@ -314,7 +314,9 @@ class ProvisioningService:
 
     clear = blocking(aclear)
 
-    async def acheck(self, group_name: str, *, group_source: str = "defguard", probe_write: bool = False) -> Checklist:
+    async def acheck(
+        self, group_name: str, *, group_source: GroupSource = "defguard", probe_write: bool = False
+    ) -> Checklist:
         """Check a setup end to end without changing anything; every failing line carries a fix hint.
 
         Defguard: reachable (and its version), the API token honoured (license gate), valid and an admin's, the
@@ -336,7 +338,7 @@ class ProvisioningService:
         self,
         group_name: str,
         *,
-        group_source: str = "defguard",
+        group_source: GroupSource = "defguard",
         enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
     ) -> Report:
