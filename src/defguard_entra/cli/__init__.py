@@ -12,7 +12,7 @@ and :mod:`._render` (that data as text, files and exit codes), :mod:`._console` 
 
 from __future__ import annotations
 
-from ._main import as_flags as _as_flags  # noqa: F401 - tests/test_nothing_lost.py checks the message rewriting
+from ._main import as_flags as _as_flags  # noqa: F401 - tests/e2e/test_nothing_lost.py checks the message rewriting
 from ._main import main
 from ._parser import COMMANDS as COMMANDS
 from ._parser import build_parser as build_parser

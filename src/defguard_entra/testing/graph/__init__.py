@@ -6,7 +6,7 @@ paging with ``@odata.nextLink`` (optionally with empty pages), OData error envel
 permissions, a write quota and seeded fault injection. Standard library only. The contracts come from Microsoft's
 Graph documentation (https://learn.microsoft.com/graph/overview); each module names the pages it follows.
 
-Deliberate choices where the service is not fully specified (also in tests/test_emulator_graph.py):
+Deliberate choices where the service is not fully specified (also in tests/emulators/test_emulator_graph.py):
 
 * Without ``$select`` users come back with Graph's v1.0 default property set (``id``, ``displayName``, ``mail``,
   ``userPrincipalName``, … but **not** ``otherMails``, ``accountEnabled`` or ``customSecurityAttributes``). With

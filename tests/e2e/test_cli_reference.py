@@ -11,7 +11,7 @@ field or an environment variable fails this test until the page documents it:
   like, names ``Settings.from_env`` asks for, prefixes it filters on) is in the environment variables section;
 * the exit-code constants, the report's JSON fields and CSV columns, and the export manifest's columns are there, and
   the JSON and CSV examples have exactly the fields the code writes;
-* links resolve and code blocks use known languages (the examples themselves run in tests/test_docs.py).
+* links resolve and code blocks use known languages (the examples themselves run in tests/e2e/test_docs.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from defguard_entra.cli import build_parser
 from defguard_entra.models import OUTCOME_FIELDS, Report, Status
 from defguard_entra.testing.__main__ import main as emulators_main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGE = DOCS / "cli.md"
 PACKAGE = Path(defguard_entra.__file__).resolve().parent

@@ -1,4 +1,5 @@
-"""Conformance tests: the Defguard emulator against ``defguard-api.md`` (sections 2-7 and the checklist in 10).
+"""Conformance tests: the Defguard emulator against ``docs/reference/defguard-api.md`` (sections 2-7 and the
+checklist in 10).
 
 Every call goes over HTTP with plain ``requests``; statuses, bodies, content types and headers are compared with
 literal expectations, so a drift in the emulator fails here. One running emulator per version is shared by the

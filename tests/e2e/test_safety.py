@@ -1,4 +1,4 @@
-"""Operating safely: dry run, --only-missing, secrets, interruption, bad input and the audit trail (issue 5).
+"""Operating safely: dry run, --only-missing, secrets, interruption, bad input and the audit trail.
 
 Everything runs the real CLI (in-process, or as a real ``python -m defguard_entra`` process for signals) against
 both emulators over HTTP on 127.0.0.1.

@@ -36,7 +36,7 @@ from defguard_entra.exceptions import (
 )
 from defguard_entra.models import TokenKind
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "defguard_entra"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "defguard_entra"
 URL = "https://dg.example.com/api/v1/user"
 
 

@@ -1,4 +1,5 @@
-"""Conformance tests: the Graph emulator against ``graph-api.md`` (sections 2-7 and the checklist in section 13).
+"""Conformance tests: the Graph emulator against ``docs/reference/graph-api.md`` (sections 2-7 and the checklist in
+section 13).
 
 Plain ``requests`` calls, exact status codes, bodies, content types and headers.
 """

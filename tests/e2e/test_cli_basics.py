@@ -13,7 +13,7 @@ import pytest
 from defguard_entra import __version__
 from helpers import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_and_help() -> None:

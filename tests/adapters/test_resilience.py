@@ -1,4 +1,4 @@
-"""Throttling, transient faults and pacing: the fault run of the scale issue at a small N, plus the retry rules."""
+"""Throttling, transient faults and pacing: the fault run of docs/performance.md at a small N, plus the retry rules."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _consistent(defguard: DefguardEmulator, graph: GraphEmulator, ids: dict[str,
 @pytest.mark.parametrize("version", ["1.6", "2.0"])
 def test_fault_run_every_member_ends_provisioned_and_consistent(version: str, tmp_path) -> None:
     """Graph: 10 % 429 (decimal Retry-After) and 3 % 503, on requests and on batch items; Defguard: 3 % 502 and
-    3 % dropped connections on token requests. Rates are those of the scale issue's fault run."""
+    3 % dropped connections on token requests. Rates are those of the fault run in docs/performance.md."""
     with DefguardEmulator(version) as defguard, GraphEmulator() as graph:
         ids = _seed(defguard, graph, 120)
         defguard.faults = Faults(rates={502: 0.03, DROP: 0.03}, seed=3, endpoints={"start_enrollment"})

@@ -1,8 +1,8 @@
 """The library surface: the sync facade and the service's sync and async forms, injection, and the result objects.
 
 Everything runs against the emulators through the real requests and msgraph stacks. The regressions this guards
-(``graph-api.md`` section 11): a second call on one client ("Event loop is closed"), a call from inside a running
-loop (a notebook cell), and resources left open (the suite runs with warnings as errors).
+(``docs/reference/graph-api.md`` section 11): a second call on one client ("Event loop is closed"), a call from
+inside a running loop (a notebook cell), and resources left open (the suite runs with warnings as errors).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import pytest
 
 from defguard_entra.testing import environment, running_emulators, seed_sample_organisation
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGES = ("index.md", "quickstart.md", "library.md", "testing.md", "cli.md", "rollout.md", "entra-setup.md")
 NEEDS_TENANT = "<!-- needs-tenant -->"

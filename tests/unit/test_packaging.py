@@ -15,7 +15,7 @@ from pathlib import Path
 import defguard_entra
 from defguard_entra import exceptions, models
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "defguard_entra"
 
 # -- the public API ------------------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 #: and ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` sits with the adapters, and so do
 #: the Defguard adapter's parts (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up) and the
 #: Graph adapter's pure parts (``_batch``, ``_lookup``, ``_attributes``, ``_odata``); ``provisioning`` (a package:
-#: its modules share one layer) reaches the adapters only through its ports; ``testing`` is below only ``cli`` (its
-#: ``demo``). A new module must be placed here on purpose.
+#: its modules share one layer) reaches the clients only through its ports (checked below); ``testing`` is below
+#: only ``cli`` (its ``demo``). A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
     "_files": 0,
@@ -262,6 +262,24 @@ def test_the_environment_reader_is_the_cli_entry_point() -> None:
     path = PACKAGE / (ENVIRONMENT_READER.replace(".", "/") + ".py")
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     assert list(_environment_reads(tree))
+
+
+#: The client modules the service reaches only through its ports (``provisioning/_ports.py``).
+CLIENT_MODULES = {"_defguard", "_entra", "_entra_sync"}
+
+
+def test_provisioning_reaches_the_clients_only_through_its_ports() -> None:
+    """Only ``provisioning.service`` (``from_settings`` wires the real clients) imports a client module; every
+    other module of the orchestrator sees the ``Protocol``s, so the service stays testable against fakes."""
+    problems = []
+    for module, path in _modules():
+        if not module.startswith("provisioning.") or module == "provisioning.service":
+            continue
+        for name, line in _imports(module, ast.parse(path.read_text(encoding="utf-8"))):
+            if name.removeprefix("defguard_entra.").split(".")[0] in CLIENT_MODULES:
+                problems.append(f"{path.relative_to(ROOT)}:{line}: imports {name}; use the ports in _ports.py")
+    assert problems == []
+    assert any(m == "provisioning._ports" for m, _ in _modules())
 
 
 def test_layering_test_sees_imports() -> None:
