@@ -16,7 +16,6 @@ from typing import TextIO
 from .._redact import RedactingFilter, secrets_in_argv
 from ..config import DEFAULT_ATTRIBUTE_SET
 from ..exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
-from ..models import Report
 from ._argv import normalise_argv
 from ._commands import Context, run
 from ._console import Console, Discard, install_signal_handlers, interrupt_on_sigterm, setup_logging, write
@@ -104,17 +103,19 @@ def _write_fatal_report(options: Options, exc: Exception, started: dt.datetime, 
     path = options.report
     if not path:
         return
+    from ..provisioning.report import Run  # noqa: PLC0415 - only when a run could not start
+
     group = options if isinstance(options, GroupOptions) else None
-    report = Report(
+    run = Run(
         command=options.command,
-        started_at=started,
-        finished_at=_now(),
         group_name=(group.group_name if group is not None else None) or "",
         group_source=group.group_source if group is not None else "defguard",
         attribute_set=options.graph.attribute_set_name or DEFAULT_ATTRIBUTE_SET,
-        outcomes=(),
-        fatal_error=str(exc),
+        defguard_url=None,
+        timed=False,
+        started=started,
     )
+    report = run.report((), fatal=str(exc))
     try:
         write_report(report, path)
     except (OSError, ConfigurationError) as error:

@@ -40,7 +40,7 @@ class Run:
     group_name: str
     group_source: GroupSource
     attribute_set: str
-    defguard_url: str
+    defguard_url: str | None
     options: Mapping[str, Any] = attrs.field(factory=dict)
     audit: dict[str, Any] = attrs.field(factory=dict)
     timed: bool = True
