@@ -17,7 +17,7 @@ from ._parser import build_parser
 from ._present import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DemoRun, exit_code, present
 
 if TYPE_CHECKING:
-    from ..testing import DefguardEmulator, GraphEmulator, Scenario
+    from ..testing import DefguardEmulator, GraphEmulator
 
 __all__ = ["demo"]
 
@@ -60,24 +60,6 @@ def _end_user_step(ctx: Context, defguard: DefguardEmulator, graph: GraphEmulato
         return written.get("enrollment_token")
 
 
-def _as_expected(defguard: DefguardEmulator, graph: GraphEmulator, scenario: Scenario) -> bool:
-    """Every provisioned member's Entra attributes hold exactly the token Defguard considers valid (of the kind
-    the scenario expects), and no other member's attributes were touched."""
-    consistent = all(
-        (token := defguard.current_token(name)) is not None
-        and graph.attributes(scenario.entra_ids[name]).get("Defguard", {}).get("EnrollmentToken") == token
-        and defguard.token_kind(token) == scenario.token_kinds[name]
-        for name, status in scenario.expected.items()
-        if status == "provisioned"
-    )
-    untouched = all(
-        not graph.attributes(entra_id)
-        for name, entra_id in scenario.entra_ids.items()
-        if scenario.expected[name] != "provisioned"
-    )
-    return consistent and untouched
-
-
 def demo(options: DemoOptions, ctx: Context) -> DemoRun:
     from ..testing import environment, running_emulators  # noqa: PLC0415
 
@@ -100,7 +82,7 @@ def demo(options: DemoOptions, ctx: Context) -> DemoRun:
             + (["--no-progress"] if options.console.no_progress else [])
         )
         code = _run(argv, attrs.evolve(ctx, environ=environment(defguard, graph)))
-        as_expected = _as_expected(defguard, graph, scenario)
+        as_expected = not scenario.differences(defguard, graph)
         if code == EXIT_INTERRUPTED:
             return DemoRun(ok=False, interrupted=True)
         end_user = _end_user_step(ctx, defguard, graph, scenario.entra_ids["alice"])

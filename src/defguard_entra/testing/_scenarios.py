@@ -38,6 +38,27 @@ class Scenario:
         """The members ``provision`` should give a token, sorted."""
         return tuple(sorted(name for name, status in self.expected.items() if status == "provisioned"))
 
+    def differences(
+        self, defguard: DefguardEmulator, graph: GraphEmulator, attribute_set: str = "Defguard"
+    ) -> list[str]:
+        """What differs, after ``provision``, from what the scenario expects (empty: as expected): every member to
+        provision holds in Entra exactly the token Defguard considers valid, of the expected kind, and no other
+        member's attributes were touched."""
+        problems = []
+        for name in self.provisioned:
+            token = defguard.current_token(name)
+            stored = graph.attributes(self.entra_ids[name]).get(attribute_set, {}).get("EnrollmentToken")
+            if token is None or stored != token:
+                problems.append(f"{name}: Entra does not hold the token Defguard considers valid")
+            elif defguard.token_kind(token) != self.token_kinds[name]:
+                problems.append(f"{name}: got a {defguard.token_kind(token)} token, not {self.token_kinds[name]}")
+        problems.extend(
+            f"{name}: attributes written although {self.expected[name]}"
+            for name, entra_id in sorted(self.entra_ids.items())
+            if self.expected[name] != "provisioned" and graph.attributes(entra_id)
+        )
+        return problems
+
 
 def seed_sample_organisation(
     defguard: DefguardEmulator,
