@@ -11,10 +11,15 @@ from collections.abc import Iterable, Sequence
 
 __all__ = ["RedactingFilter", "secrets_in_argv"]
 
+#: Where a Defguard enrollment token (32 alphanumerics, no prefix of its own) is masked: after a word that says it is
+#: one (``token``, ``EnrollmentToken``, ``enrollment_token``, ``enrol``, ``secret``, ``key``…) and a few separators
+#: (``=``, ``:``, quotes, a space, ``/``), as in ``token=…``, ``"enrollment_token": "…"``, ``/enrollment/…``. Anywhere
+#: else a 32-character word is shown: a group or user may be named so (known secrets are masked wherever they are).
+_CONTEXT = r"\b\w*(?:token|enrol|secret|passw|pwd|key|credential|bearer)\w*[\s:=\"'/]{0,4}"
 _PATTERNS = (
-    re.compile(r"\bdg-[A-Za-z0-9]{32}\b"),  # Defguard API tokens
+    re.compile(r"\bdg-[A-Za-z0-9]{32}\b"),  # Defguard API tokens: the prefix is the context
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),  # Authorization headers
-    re.compile(r"\b[A-Za-z0-9]{32}\b"),  # Defguard enrollment tokens (32 alphanumerics)
+    re.compile(rf"(?i)({_CONTEXT})[A-Za-z0-9]{{32}}\b"),  # Defguard enrollment tokens, where named as such
     re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWT access tokens
 )
 
@@ -73,7 +78,9 @@ def secrets_in_argv(argv: Sequence[str], *, shaped: bool = False) -> list[str]:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks known secrets (added with :meth:`add`) and anything shaped like a Defguard or bearer token.
+    """Masks known secrets (added with :meth:`add`) wherever they appear, and token shapes in their context: a
+    Defguard API token (``dg-…``), a bearer token, a JWT, and a 32-character enrollment token where the text names
+    it (``token=…``, ``"enrollment_token": "…"``); a 32-character word elsewhere (a group name) stays visible.
 
     Attach it to a handler (``handler.addFilter(RedactingFilter())``) so it sees records from every logger,
     third-party ones included. The message is formatted once, masked, and frozen into the record.

@@ -15,6 +15,7 @@ import inspect
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,6 +38,7 @@ from defguard_entra import (
     Settings,
     Status,
 )
+from defguard_entra.models import CheckState
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, Scenario, environment, running_emulators
 
 GRAPH_THREAD = "defguard-entra-graph"
@@ -401,6 +403,57 @@ def test_status_report_masks_stored_tokens(provisioned: tuple[Sample, Report, li
     for text in (repr(status), status._repr_html_(), json.dumps(status.to_dict())):
         for token in tokens:
             assert token not in text
+
+
+def test_report_repr_says_what_matters(provisioned: tuple[Sample, Report, list[str]]) -> None:
+    sample, report, _ = provisioned
+    text = repr(report)
+    counts = ", ".join(f"{status} {n}" for status, n in report.summary.items())
+    assert text == (
+        f"<Report provision of group {sample.group!r} (defguard): {len(report.outcomes)} members: {counts}; not ok>"
+    )
+    assert str(report) == text
+    assert "Outcome(" not in text  # not the attrs dump of every member
+    with ProvisioningService.from_settings(sample.settings) as service:
+        dry = service.provision(sample.group, dry_run=True)
+    assert repr(dry).startswith(f"<Report provision of group {sample.group!r} (defguard): ")
+    assert "; dry run, not ok>" in repr(dry)
+
+
+def test_report_repr_shortens_a_long_group_name_and_names_a_fatal_error() -> None:
+    now = dt.datetime.now(dt.UTC)
+    long_name = "G" * 1000
+    report = Report("status", now, now, long_name, "entra", "Defguard", (), fatal_error="Defguard is unreachable")
+    text = repr(report)
+    assert len(text) < 200
+    assert f"group '{'G' * 59}…' (entra): 0 members; fatal: Defguard is unreachable>" in text
+
+
+def test_checklist_repr_and_html(sample: Sample) -> None:
+    with ProvisioningService.from_settings(sample.settings) as service:
+        ready = service.check(sample.group)
+    states = Counter(item.state.value for item in ready.items)
+    assert ready.ready
+    assert repr(ready) == (
+        f"<Checklist of group {sample.group!r} (defguard): ready; "
+        + ", ".join(f"{states[s.value]} {s.value}" for s in CheckState if states[s.value])
+        + ">"
+    )
+    broken = attrs.evolve(sample.settings, attribute_set="NoSuchSet")
+    with ProvisioningService.from_settings(broken) as service:
+        failing = service.check(sample.group)
+    assert failing.failures
+    failed = ", ".join(item.key for item in failing.failures)
+    assert f": not ready, failed: {failed}; " in repr(failing)
+    assert "CheckItem(" not in repr(failing)
+    page = failing._repr_html_()
+    assert page.startswith(f"<p><b>check</b> of group <code>{html.escape(sample.group)}</code> (defguard): ")
+    assert f"not ready: {len(failing.failures)} failed</p>" in page
+    assert page.count("<tr>") == len(failing.items) + 1  # the head and one row per item
+    for item in failing.failures:
+        assert f"<td>fail</td><td>{html.escape(item.title)}</td>" in page
+        assert item.hint is not None
+        assert html.escape(item.hint) in page
 
 
 def test_results_are_frozen_attrs_values(provisioned: tuple[Sample, Report, list[str]]) -> None:

@@ -157,6 +157,24 @@ def test_lifetime_is_sent_and_reported(org: Org, tmp_path) -> None:
     assert sent == {"email": None, "send_enrollment_notification": False, "token_expiration_time": "129600s"}
 
 
+def test_short_lifetime_is_a_warning_not_a_refusal(org: Org) -> None:
+    result = run_cli(["--group-name", org.scenario.group, "--enrollment-token-expiration-time", "1s"], org.env)
+    assert result.code == 1  # the scenario's problem members, as without the option
+    warning = next(line for line in result.stderr.splitlines() if "shorter than 5 minutes" in line)
+    assert warning.startswith("warning: --enrollment-token-expiration-time: a token lifetime of 1 s")
+    assert "only destroys the user's previous token" in warning
+    sent = org.defguard.requests_to("start_enrollment")
+    assert sent
+    assert {r.json()["token_expiration_time"] for r in sent} == {"1s"}
+
+
+def test_lifetime_from_the_floor_up_has_no_warning(org: Org) -> None:
+    result = run_cli(["--group-name", org.scenario.group, "--enrollment-token-expiration-time", "5m"], org.env)
+    assert result.code == 1
+    assert "shorter than" not in result.stderr
+    assert org.defguard.requests_to("start_enrollment")
+
+
 def test_entra_group_source(org: Org, tmp_path) -> None:
     path = tmp_path / "r.json"
     result = run_cli(["--group-name", org.scenario.group, "--group-source", "entra", "--report", str(path)], org.env)
@@ -360,6 +378,45 @@ def test_web_ui_answer_is_refused_with_a_hint(org: Org) -> None:
     assert result.code == 3
     assert "web UI" in result.stderr or "Defguard" in result.stderr
     assert org.defguard.issued_count == 0
+
+
+def test_a_report_that_could_not_start_keeps_the_url_and_the_audit(org: Org, tmp_path) -> None:
+    path = tmp_path / "r.json"
+    argv = ["--group-name", "No such group", "--enrollment-token-expiration-time", "2d", "--report", str(path)]
+    result = run_cli(argv, org.env)
+    assert result.code == 3
+    report = json.loads(path.read_text())
+    assert "no group named" in report["fatal_error"]
+    assert report["defguard"]["url"] == org.env["DEFGUARD_URL"]
+    options = report["audit"]["options"]
+    assert options["command"] == "provision"
+    assert options["group_name"] == "No such group"
+    assert options["enrollment_token_expiration_time"] == "2d"
+    assert options["defguard_url"] == org.env["DEFGUARD_URL"]
+    assert options["api_token_source"] == "environment"
+    assert "graceful_stop" not in options
+    assert org.defguard.admin_token not in path.read_text()
+
+
+def test_a_report_that_could_not_start_names_the_url_given_as_a_flag(org: Org, tmp_path) -> None:
+    env = org.env
+    url = env.pop("DEFGUARD_URL")
+    path = tmp_path / "r.json"
+    result = run_cli(["status", "--url", url, "--group-name", "No such group", "--report", str(path)], env)
+    assert result.code == 3
+    report = json.loads(path.read_text())
+    assert report["defguard"]["url"] == url
+    assert report["audit"]["options"]["url"] == url
+    assert report["audit"]["options"]["command"] == "status"
+
+
+@pytest.mark.parametrize("command", ["provision", "status", "clear"])
+def test_no_internal_flag_in_the_audit(org: Org, tmp_path, command: str) -> None:
+    path = tmp_path / "r.json"
+    run_cli([command, "--group-name", org.scenario.group, "--report", str(path)], org.env)
+    options = json.loads(path.read_text())["audit"]["options"]
+    assert options["command"] == command
+    assert "graceful_stop" not in options
 
 
 def test_a_run_that_cannot_start_replaces_the_report(org: Org, tmp_path) -> None:

@@ -394,6 +394,11 @@ def test_unwritable_report_directory(org: Org, tmp_path: Path) -> None:
     [
         (["--enrollment-token-expiration-time", "24H"], "did you mean 'h'"),
         (["--enrollment-token-expiration-time", "soon"], "--enrollment-token-expiration-time"),
+        (["--enrollment-token-expiration-time", "-1h"], "'-1h' is negative"),
+        (["--enrollment-token-expiration-time=-1h"], "'-1h' is negative"),
+        (["-EnrollmentTokenExpirationTime", "-1h"], "'-1h' is negative"),
+        (["--enrollment-token-expiration-time", "١h"], "ASCII digits 0-9"),
+        (["--enrollment-token-expiration-time", "1M"], "1M is a month: did you mean 1m (minutes)?"),
         (["--dry-run", "--reveal-tokens", "--report", "r.json"], "nothing to reveal"),
         (["--reveal-tokens"], "--reveal-tokens needs --report"),
         (["--concurrency", "0"], "--concurrency"),
@@ -407,6 +412,14 @@ def test_provision_only_bad_input(org: Org, args: list[str], message: str) -> No
 def test_clear_options_are_only_for_clear(org: Org) -> None:
     _assert_usage_error(org, ["status", "--group-name", "G", "--all"], "unrecognized arguments: --all")
     _assert_usage_error(org, ["clear", "--group-name", "G", "--graph-write-rate", "-2"], "--graph-write-rate")
+
+
+def test_a_token_shaped_group_name_is_shown_not_masked(org: Org) -> None:
+    name = "A1b2" * 8  # 32 alphanumerics, the shape of an enrollment token, but a group name
+    result = run_cli(["status", "--group-name", name], org.env)
+    assert result.code == 3, result.stderr
+    assert name in result.stderr
+    assert "***" not in result.stderr
 
 
 def _assert_usage_error(org: Org, argv: list[str], message: str) -> None:

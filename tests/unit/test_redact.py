@@ -39,3 +39,44 @@ def test_secret_repr_never_shows_value():
     assert "abcdefgh" not in str(s)
     assert s.masked() == "abcd…"
     assert repr({"t": s}) == "{'t': Secret(***)}"
+
+
+TOKEN_SHAPED = "A1b2" * 8  # 32 alphanumerics: what a Defguard enrollment token looks like
+
+
+def test_a_token_shaped_word_stays_visible_where_it_is_not_a_secret():
+    f = RedactingFilter()
+    for text in (
+        f"group {TOKEN_SHAPED!r} not found in Defguard",
+        f"user {TOKEN_SHAPED}: no e-mail",
+        f"--group-name {TOKEN_SHAPED}",
+    ):
+        assert f.redact(text) == text
+
+
+def test_a_token_shaped_word_is_masked_where_the_text_names_a_token():
+    f = RedactingFilter()
+    cases = {
+        f"token={TOKEN_SHAPED}": "token=***",
+        f"https://enroll.example.com/?foo=1&token={TOKEN_SHAPED}": "https://enroll.example.com/?foo=1&token=***",
+        f'{{"enrollment_token": "{TOKEN_SHAPED}", "x": 1}}': '{"enrollment_token": "***", "x": 1}',
+        f"EnrollmentToken: {TOKEN_SHAPED}": "EnrollmentToken: ***",
+        f"minted token {TOKEN_SHAPED} for alice": "minted token *** for alice",
+        f"https://enroll.example.com/enrollment/{TOKEN_SHAPED}": "https://enroll.example.com/enrollment/***",
+        f"client secret '{TOKEN_SHAPED}'": "client secret '***'",
+    }
+    for text, masked in cases.items():
+        assert f.redact(text) == masked
+
+
+def test_a_known_secret_is_masked_wherever_it_is_even_without_context():
+    f = RedactingFilter([TOKEN_SHAPED])
+    assert f.redact(f"group {TOKEN_SHAPED!r} not found") == "group '***' not found"
+    assert f.redact(f"x{TOKEN_SHAPED}y") == "x***y"
+
+
+def test_prefixed_and_bearer_shapes_need_no_other_context():
+    f = RedactingFilter()
+    assert f.redact(f"got dg-{TOKEN_SHAPED} here") == "got *** here"
+    assert f.redact(f"Authorization: Bearer {TOKEN_SHAPED}") == "Authorization: Bearer ***"
+    assert f.redact("seen eyJhbGciOi.eyJzdWIi.sig in a log") == "seen *** in a log"

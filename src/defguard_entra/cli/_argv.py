@@ -26,6 +26,10 @@ _POWERSHELL = {
 }
 _SINGLE_DASH = re.compile(r"-([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?", re.DOTALL)
 _DOUBLE_DASH = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)(?:([:=])(.*))?", re.DOTALL)
+#: Options whose value may start with "-" followed by a digit (no option name does): kept as the value so the
+#: option's own check explains it, instead of argparse's "expected one argument".
+_SIGNED_VALUES = frozenset({"--enrollment-token-expiration-time"})
+_NEGATIVE = re.compile(r"-[0-9.]")
 
 
 def _key(name: str) -> str:
@@ -134,8 +138,10 @@ def _powershell_words(
             following = words[index]
             index += 1
             # argparse takes "-inf" or "-1e3" for an option; a word that is an option name stays one (a forgotten
-            # value must not swallow --dry-run)
-            out.extend([f"{canonical}={following}"] if _is_number(following) else [canonical, following])
+            # value must not swallow --dry-run); a negative lifetime ("-1h") too, so that it gets its own message
+            negative = canonical in _SIGNED_VALUES and _NEGATIVE.match(following) is not None
+            joined = _is_number(following) or negative
+            out.extend([f"{canonical}={following}"] if joined else [canonical, following])
         else:
             out.append(canonical)
     return out

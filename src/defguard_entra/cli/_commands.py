@@ -44,18 +44,20 @@ from ._settings import load_settings, state_dir
 if TYPE_CHECKING:
     from ..provisioning import ProvisioningService
 
-__all__ = ["Context", "run"]
+__all__ = ["Context", "audited_fatal", "run"]
 
 
 @attrs.define
 class Context:
-    """What a command runs with: the environment, stdin, the console, the redaction filter, the stop event."""
+    """What a command runs with: the environment, stdin, the console, the redaction filter, the stop event; and,
+    once they are loaded, the run's settings (a report of a run that could not start tells what was known)."""
 
     environ: Mapping[str, str]
     stdin: TextIO
     console: Console
     redactor: RedactingFilter
     stop: threading.Event
+    settings: Settings | None = None
 
 
 def run(options: Options, ctx: Context) -> Result:
@@ -89,7 +91,7 @@ class _Prepared:
 
 def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
     """Settings and the output paths, validated before any request; secrets registered with the redactor."""
-    settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
+    settings = ctx.settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     if not options.group_name or not options.group_name.strip():
         raise ConfigurationError(f"--group-name is required: the name of the group whose members to {options.verb}")
     options.check()
@@ -132,13 +134,11 @@ _NOT_OPTIONS = frozenset({"command", "api_token", "verbose", "quiet", "no_progre
 
 def _audited(report: Report, options: Options, settings: Settings, environ: Mapping[str, str]) -> Report:
     """The report with the options of this run in ``audit["options"]`` (never a secret: the API token's value is
-    left out, only where it came from is recorded)."""
+    left out, only where it came from is recorded; nor an internal flag such as how the command stops)."""
     secrets = {s.value for s in (settings.defguard_token, settings.graph.static_token) if s is not None}
-    # graceful_stop was an argparse default the namespace carried into every report: kept so reports compare
-    flags = {**options.flags(), **({"graceful_stop": True} if options.graceful else {})}
     given: dict[str, Any] = {
         key: value
-        for key, value in sorted(flags.items())
+        for key, value in sorted(options.flags().items())
         if key not in _NOT_OPTIONS and value not in (None, False) and not (isinstance(value, str) and value in secrets)
     }
     defguard = options.defguard
@@ -161,6 +161,12 @@ def _audited(report: Report, options: Options, settings: Settings, environ: Mapp
         attribute_set=settings.attribute_set,
     )
     return attrs.evolve(report, audit={**report.audit, "options": {**report.audit.get("options", {}), **given}})
+
+
+def audited_fatal(report: Report, options: Options, ctx: Context) -> Report:
+    """The report of a run that could not start, with the options of this run as every report has them (once the
+    settings were loaded; before that, the report is left as it is)."""
+    return report if ctx.settings is None else _audited(report, options, ctx.settings, ctx.environ)
 
 
 # -- the commands ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .._redact import RedactingFilter, secrets_in_argv
 from ..config import DEFAULT_ATTRIBUTE_SET
 from ..exceptions import ConfigurationError, DefguardEntraError, DefguardError, EntraError, PreflightError
 from ._argv import normalise_argv
-from ._commands import Context, run
+from ._commands import Context, audited_fatal, run
 from ._console import Console, Discard, install_signal_handlers, interrupt_on_sigterm, setup_logging, write
 from ._demo import demo
 from ._options import DemoOptions, GroupOptions, Options, options_from
@@ -80,7 +80,7 @@ def main(
         console.error(str(exc))
         if options.console.debug:
             log.exception("details")
-        _write_fatal_report(options, exc, started, console)
+        _write_fatal_report(options, exc, started, ctx)
         return EXIT_FATAL
     except DefguardEntraError as exc:
         console.error(str(exc))
@@ -97,9 +97,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_fatal_report(options: Options, exc: Exception, started: dt.datetime, console: Console) -> None:
+def _write_fatal_report(options: Options, exc: Exception, started: dt.datetime, ctx: Context) -> None:
     """A run that could not start still replaces ``--report`` (no members, ``fatal_error`` set), so automation
-    never reads an earlier run's results as this one's."""
+    never reads an earlier run's results as this one's; it keeps what was known (the Defguard URL, the options)."""
     path = options.report
     if not path:
         return
@@ -111,15 +111,19 @@ def _write_fatal_report(options: Options, exc: Exception, started: dt.datetime, 
         group_name=(group.group_name if group is not None else None) or "",
         group_source=group.group_source if group is not None else "defguard",
         attribute_set=options.graph.attribute_set_name or DEFAULT_ATTRIBUTE_SET,
-        defguard_url=None,
+        defguard_url=ctx.settings.defguard_url if ctx.settings is not None else _flag_url(options),
         timed=False,
         started=started,
     )
-    report = run.report((), fatal=str(exc))
+    report = audited_fatal(run.report((), fatal=str(exc)), options, ctx)
     try:
         write_report(report, path)
     except (OSError, ConfigurationError) as error:
-        console.warn(f"could not write the report {path!r}: {error}")
+        ctx.console.warn(f"could not write the report {path!r}: {error}")
+
+
+def _flag_url(options: Options) -> str | None:
+    return options.defguard.url if options.defguard is not None else None
 
 
 #: The library's messages speak of its parameters; the CLI's of the flags that set them.

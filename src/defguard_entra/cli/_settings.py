@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._durations import parse_lifetime
+from .._durations import parse_lifetime, short_lifetime_warning
 from ..config import (
     Settings,
     is_loopback_url,
@@ -196,6 +196,8 @@ def load_settings(
             changes["token_lifetime"] = parse_lifetime(options.enrollment_token_expiration_time)
         except ConfigurationError as exc:
             raise ConfigurationError(f"--enrollment-token-expiration-time: {exc}") from None
+        if (short := short_lifetime_warning(changes["token_lifetime"])) is not None:
+            warn(f"--enrollment-token-expiration-time: {short}")
     if defguard.timeout is not None:
         changes["timeout"] = validate_seconds("--timeout", defguard.timeout)
     if pace.graph_write_rate is not None:

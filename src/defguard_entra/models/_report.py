@@ -21,6 +21,18 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+#: A group name longer than this is shortened with an ellipsis in a repr (the full name is in ``to_dict``).
+_REPR_NAME = 60
+
+
+def _short(text: str, limit: int = _REPR_NAME) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _group_of(name: str, source: str) -> str:
+    return f"group {_short(name)!r} ({source})"
+
+
 @attrs.frozen
 class Outcome:
     """One group member's result. ``enrollment_token`` is masked in ``repr`` and in :meth:`to_dict` by default."""
@@ -144,6 +156,23 @@ class Report:
             data["users"] = [o.to_dict(reveal_tokens=reveal_tokens) for o in self.outcomes]
         return data
 
+    def __repr__(self) -> str:
+        """What matters at a glance: the command, the group, members per status, how the run ended."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.summary.items())
+        members = f"{len(self.outcomes)} member{'' if len(self.outcomes) == 1 else 's'}"
+        flags = [
+            text
+            for text, on in (("dry run", self.dry_run), ("interrupted", self.interrupted), ("not ok", not self.ok))
+            if on
+        ]
+        if self.fatal_error:
+            flags.append(f"fatal: {_short(self.fatal_error, 80)}")
+        tail = f"; {', '.join(flags)}" if flags else ""
+        return (
+            f"<Report {self.command} of {_group_of(self.group_name, self.group_source)}: "
+            f"{members}{': ' + counts if counts else ''}{tail}>"
+        )
+
     def _repr_html_(self) -> str:
         head = "".join(
             f"<th>{html.escape(k)}</th>"
@@ -237,6 +266,32 @@ class Checklist:
             if item.key == key:
                 return item
         raise KeyError(key)
+
+    def __repr__(self) -> str:
+        """What matters at a glance: the group, ready or not (and which items failed), items per state."""
+        counts = Counter(item.state for item in self.items)
+        states = ", ".join(f"{counts[state]} {state.value}" for state in CheckState if counts[state])
+        failed = self.failures
+        verdict = "ready" if not failed else f"not ready, failed: {', '.join(item.key for item in failed)}"
+        return f"<Checklist of {_group_of(self.group_name, self.group_source)}: {verdict}; {states or 'no items'}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: the verdict, then one row per item (state, what was checked, what was seen, the
+        fix), as :meth:`Report._repr_html_` renders a run."""
+        columns = ("state", "title", "detail", "hint")
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in columns)
+        rows = []
+        for item in self.items:
+            d = item.to_dict()
+            cells = "".join(f"<td>{html.escape(str(d[k]) if d[k] is not None else '')}</td>" for k in columns)
+            rows.append(f"<tr>{cells}</tr>")
+        failed = len(self.failures)
+        verdict = "ready" if not failed else f"not ready: {failed} failed"
+        return (
+            f"<p><b>check</b> of group <code>{html.escape(self.group_name)}</code> "
+            f"({html.escape(self.group_source)}): {html.escape(verdict)}</p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
