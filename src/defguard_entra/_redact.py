@@ -9,6 +9,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from .models import live_secret_values
+
 __all__ = ["RedactingFilter", "secrets_in_argv"]
 
 #: Where a Defguard enrollment token (32 alphanumerics, no prefix of its own) is masked: after a word that says it is
@@ -22,6 +24,9 @@ _PATTERNS = (
     re.compile(rf"(?i)({_CONTEXT})[A-Za-z0-9]{{32}}\b"),  # Defguard enrollment tokens, where named as such
     re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWT access tokens
 )
+#: Words that could be a live :class:`~defguard_entra.models.Secret` (a minted or stored token, a key): each is
+#: masked when it is one, wherever it stands.
+_CANDIDATE = re.compile(r"[A-Za-z0-9\-._~+]{8,}")
 
 
 #: An option whose name, lower-cased without ``-`` and ``_``, ends like this carries a secret: ``--api-token``,
@@ -78,7 +83,8 @@ def secrets_in_argv(argv: Sequence[str], *, shaped: bool = False) -> list[str]:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks known secrets (added with :meth:`add`) wherever they appear, and token shapes in their context: a
+    """Masks known secrets (added with :meth:`add`, and every live :class:`~defguard_entra.Secret`: the tokens this
+    library minted or read) wherever they appear, and token shapes in their context: a
     Defguard API token (``dg-…``), a bearer token, a JWT, and a 32-character enrollment token where the text names
     it (``token=…``, ``"enrollment_token": "…"``); a 32-character word elsewhere (a group name) stays visible.
 
@@ -112,6 +118,9 @@ class RedactingFilter(logging.Filter):
             text = text.replace(secret, "***")
         for word in words:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", "***", text)
+        live = live_secret_values()
+        if live:
+            text = _CANDIDATE.sub(lambda m: "***" if m.group() in live else m.group(), text)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: (m.group(1) if m.re.groups else "") + "***", text)
         return text

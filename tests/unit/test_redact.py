@@ -80,3 +80,21 @@ def test_prefixed_and_bearer_shapes_need_no_other_context():
     assert f.redact(f"got dg-{TOKEN_SHAPED} here") == "got *** here"
     assert f.redact(f"Authorization: Bearer {TOKEN_SHAPED}") == "Authorization: Bearer ***"
     assert f.redact("seen eyJhbGciOi.eyJzdWIi.sig in a log") == "seen *** in a log"
+
+
+def test_a_live_secret_is_masked_anywhere_without_registering_it() -> None:
+    """A token the library minted or read (a live ``Secret``) is masked wherever a log line carries it, even with
+    no word naming it; a token-shaped word that is no secret stays visible."""
+    import gc
+
+    from defguard_entra import Secret
+
+    value = "Q7w2E9r4T1y6U3i8O5p0A2s7D4f9G1h6"
+    other = "Z9x8C7v6B5n4M3l2K1j0H9g8F7d6S5a4"
+    secret = Secret(value)
+    redactor = RedactingFilter()
+    assert redactor.redact(f"stored {value} for alice; group {other}") == f"stored *** for alice; group {other}"
+    assert redactor.redact(f"https://e.example/{value}?x=1") == "https://e.example/***?x=1"
+    del secret
+    gc.collect()
+    assert redactor.redact(f"stored {value}") == f"stored {value}"  # only live secrets: nothing is kept for ever

@@ -40,6 +40,7 @@ from ._values import (
     Status,
     TokenKind,
 )
+from ._values import live_secret_values as live_secret_values
 
 #: The public types (all exported by the package too); the constants above are re-exported for the library's own
 #: modules only.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Literal, get_args
 
@@ -18,6 +20,7 @@ __all__ = [
     "Status",
     "TokenKind",
     "as_tuple",
+    "live_secret_values",
 ]
 
 EnrolledPolicy = Literal["auto", "desktop", "skip"]
@@ -36,11 +39,20 @@ def as_tuple(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, weakref_slot=True)
 class Secret:
-    """A string that must not leak: ``repr`` and ``str`` hide it; :meth:`masked` shows the first 4 characters."""
+    """A string that must not leak: ``repr`` and ``str`` hide it; :meth:`masked` shows the first 4 characters.
+
+    Every live ``Secret`` is known to :func:`live_secret_values`, so the redacting log filter masks a minted or a
+    stored token wherever it would appear, whether or not the text around it says it is one.
+    """
 
     value: str
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.value) >= _LIVE_MIN:
+            with _LIVE_LOCK:
+                _LIVE.add(self)
 
     def __repr__(self) -> str:
         return "Secret(***)"
@@ -53,6 +65,17 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self.value)
+
+
+_LIVE: weakref.WeakSet[Secret] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_LIVE_MIN = 8  # shorter values would mask ordinary words
+
+
+def live_secret_values() -> frozenset[str]:
+    """The values of the :class:`Secret` objects alive now (8 characters or more): what must never be logged."""
+    with _LIVE_LOCK:
+        return frozenset(secret.value for secret in list(_LIVE))
 
 
 class Status(enum.StrEnum):
