@@ -19,13 +19,13 @@ import enum
 import json
 import logging
 import os
-import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from ._files import write_private_file
+from ._files import open_to_others, write_private_file
 from ._scopes import scopes_for
 from ._sync import blocking_function
 from .config import DEFAULT_ATTRIBUTE_SET, AuthMode, GraphSettings, Settings
@@ -206,10 +206,11 @@ def private_dir(directory: Path) -> None:
 def write_provisioning_file(
     config: ProvisioningConfig, path: str | os.PathLike[str], *, force: bool = False
 ) -> WriteOutcome:
-    """Write ``config`` to ``path`` as :func:`provisioning_json`, atomically and owner-only (0600).
+    """Write ``config`` to ``path`` as :func:`provisioning_json`, atomically and owner-only (0600; on Windows the
+    folder's ACL, private in the user's ``%APPDATA%``, as the client itself relies on).
 
     A missing directory is created owner-only (0700). A file that already holds the same pair is left alone
-    (:attr:`WriteOutcome.UNCHANGED`; its permissions are tightened to 0600 if they were looser); a file with
+    (:attr:`WriteOutcome.UNCHANGED`; on POSIX its permissions are tightened to 0600 if they were looser); a file with
     anything else is kept and :class:`ClientConfigError` (``reason="exists"``) raised, unless ``force``. Raises
     :class:`ClientConfigError` (``reason="unwritable"``) when the file system refuses.
 
@@ -244,7 +245,7 @@ def write_provisioning_file(
 
 def _tighten(target: Path) -> None:
     try:
-        if not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) & 0o077:
+        if not target.is_symlink() and open_to_others(target.stat().st_mode, sys.platform):
             target.chmod(0o600)
     except OSError as exc:  # not ours to change: the content is right, so say so and move on
         log.warning("could not make %s owner-only: %s", target, exc.strerror or exc)

@@ -21,6 +21,7 @@ from .._desktop_client import (
     write_provisioning_file,
 )
 from .._export import check_output_dir, write_export
+from .._files import outside_user_profile
 from .._redact import RedactingFilter
 from .._scopes import Command, scopes_for
 from ..config import Settings
@@ -239,7 +240,8 @@ def export(options: ExportOptions, ctx: Context, *, on_provisioned: Callable[[Re
             prepared.group_name, group_source=options.group_source, enrolled=options.enrolled, after=provisioned
         )
     manifest = write_export(report, prepared.output_dir, deep_links=options.deep_links)
-    return ExportRun(prepared.output_dir, manifest, report.notes)
+    outside = outside_user_profile(prepared.output_dir.absolute(), sys.platform, ctx.environ)
+    return ExportRun(prepared.output_dir, manifest, report.notes, outside_profile=outside)
 
 
 def fetch_config(options: FetchConfigOptions, ctx: Context) -> FetchRun:

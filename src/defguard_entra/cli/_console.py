@@ -24,7 +24,9 @@ __all__ = [
     "ProgressLine",
     "install_signal_handlers",
     "interrupt_on_sigterm",
+    "interrupt_signal_names",
     "setup_logging",
+    "stop_signal_names",
     "write",
 ]
 
@@ -215,30 +217,58 @@ def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, qu
 # -- signals ---------------------------------------------------------------------------------------------------
 
 
+def stop_signal_names(platform: str) -> tuple[str, ...]:
+    """The signals that stop a run on ``platform`` (a :data:`sys.platform` value), by name.
+
+    Windows: Ctrl-C (``SIGINT``) and Ctrl-Break (``SIGBREAK``, which another program can also send to a console
+    process group: ``GenerateConsoleCtrlEvent``, ``os.kill(pid, CTRL_BREAK_EVENT)``). ``SIGTERM`` is left out
+    there: no other process can send it (``os.kill``, ``taskkill /F``, ``Stop-Process`` and closing the console
+    window end the process at once, like ``kill -9``, and the journal covers that), and Windows has no ``SIGHUP``.
+    Elsewhere: Ctrl-C, ``SIGTERM`` and ``SIGHUP`` (an SSH session dropping)."""
+    if platform.startswith("win"):
+        return ("SIGINT", "SIGBREAK")
+    return ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _signals(names: tuple[str, ...]) -> tuple[signal.Signals, ...]:
+    """The signals of ``names`` this interpreter has (looked up by name: each exists only on some platforms)."""
+    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
+
+
+def interrupt_signal_names(platform: str) -> tuple[str, ...]:
+    """Besides Ctrl-C, what interrupts a command with nothing to finish on ``platform``: ``SIGTERM``; Ctrl-Break
+    (``SIGBREAK``) on Windows, where ``SIGTERM`` cannot be sent and Ctrl-Break would otherwise end the process
+    without a word."""
+    return ("SIGBREAK",) if platform.startswith("win") else ("SIGTERM",)
+
+
 def interrupt_on_sigterm() -> Callable[[], None]:
-    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt → exit 130) for commands with nothing to finish."""
+    """SIGTERM (Ctrl-Break on Windows) behaves like Ctrl-C (KeyboardInterrupt → exit 130) for commands with nothing
+    to finish (:func:`interrupt_signal_names`)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _handle)
+    previous = {sig: signal.signal(sig, _handle) for sig in _signals(interrupt_signal_names(sys.platform))}
 
     def _restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
     return _restore
 
 
-#: What stops a run gracefully: Ctrl-C, SIGTERM, and SIGHUP (an SSH session dropping) where it exists.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+#: What stops a run gracefully on this platform (:func:`stop_signal_names`).
+_STOP_SIGNALS = _signals(stop_signal_names(sys.platform))
 #: The third signal aborts at once (the journal still holds what was in flight).
 _SIGNALS_TO_ABORT = 3
 
 
 def install_signal_handlers(stop: threading.Event, console: Console) -> Callable[[], None]:
-    """First Ctrl-C/SIGTERM: stop starting new work and finish what is in flight; the second: stop now."""
+    """First stop signal (Ctrl-C, SIGTERM, SIGHUP; Ctrl-Break on Windows): stop starting new work and finish what
+    is in flight; the second: stop now."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 

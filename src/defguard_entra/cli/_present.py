@@ -7,6 +7,7 @@ The handlers in :mod:`._commands` return data (:class:`ReportRun`, a ``Checklist
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .._files import open_to_others
 from ..exceptions import ConfigurationError
 from ..models import Checklist, Report
 from ._render import format_checklist, format_export_summary, format_status_table, format_summary, write_report
@@ -70,6 +72,8 @@ class ExportRun:
     notes: Sequence[str] = ()
     #: With ``--provision``: that run (already presented when it ended, before the export began).
     provisioned: ReportRun | None = None
+    #: Windows: the directory is outside the user's profile, so its files take an ACL that may let others read them.
+    outside_profile: bool = False
 
 
 @attrs.frozen
@@ -179,7 +183,13 @@ def _present_export(run: ExportRun, console: Console) -> None:
             f"are not part of this export (left from an earlier run? their tokens are likely dead): {shown}; "
             "remove them before distributing"
         )
-    if run.output_dir.stat().st_mode & 0o077:
+    if open_to_others(run.output_dir.stat().st_mode, sys.platform):
         console.warn(
             f"{run.output_dir} is open to other local users (the files inside are owner-only): consider chmod 700"
+        )
+    elif run.outside_profile:
+        console.warn(
+            f"{run.output_dir} is outside your user profile: on Windows the files inside take that folder's "
+            "permissions, which may let other local users read them; export under %USERPROFILE%, or restrict the "
+            "folder to yourself"
         )

@@ -36,7 +36,9 @@ _APP = "defguard-entra"
 def default_state_dir(platform: str, environ: Mapping[str, str]) -> Path | None:
     """The per-user state directory for ``platform`` (a :data:`sys.platform` value) in ``environ``.
 
-    Windows ``%LOCALAPPDATA%\\defguard-entra``; macOS ``~/Library/Application Support/defguard-entra``; other
+    Windows ``%LOCALAPPDATA%\\defguard-entra`` (local, not roaming: the journal and the lock belong to this machine;
+    ``%APPDATA%`` when it is unset; either is inside the user profile, whose ACL keeps the files the user's);
+    macOS ``~/Library/Application Support/defguard-entra``; other
     Unixes ``$XDG_STATE_HOME/defguard-entra`` (default ``~/.local/state``). ``None`` when nothing says where."""
     if platform.startswith(("win", "cygwin")):
         base = environ.get("LOCALAPPDATA") or environ.get("APPDATA")
