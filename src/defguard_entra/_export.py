@@ -119,7 +119,8 @@ class ExportManifest:
         counts: dict[str, int] = {}
         for entry in self.entries:
             counts[entry.status] = counts.get(entry.status, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "exported", kv[0])))
+        order = {s.value: n for n, s in enumerate(Status)}  # "exported" first, then the order of Status
+        return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], -1), kv[0])))
 
     def to_dict(self) -> dict[str, Any]:
         return {

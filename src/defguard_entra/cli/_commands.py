@@ -126,7 +126,7 @@ def _session(
 def _progress(options: Options, ctx: Context, label: str) -> ProgressLine | None:
     if options.console.no_progress or options.console.quiet:
         return None
-    return ProgressLine(ctx.console.stderr, label)
+    return ProgressLine(ctx.console.stderr, label, ctx.stop)
 
 
 #: The flags ``audit["options"]`` leaves out: not options of the run (or, ``api_token``, a secret).

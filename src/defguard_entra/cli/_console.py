@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .._redact import RedactingFilter
+from ._render import fit
 
 __all__ = [
     "Console",
@@ -83,6 +84,9 @@ class Discard(io.StringIO):
 
 #: Streams that failed (closed pipe): nothing more is written to them in this process.
 _BROKEN: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Streams whose last write was a progress line without its newline (a terminal's rewritten line): the next
+#: message starts on a line of its own.
+_OPEN_LINE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _is_broken(stream: Any) -> bool:
@@ -102,6 +106,10 @@ def write(stream: TextIO, text: str, *, newline: bool = True) -> bool:
     (``| head``): losing output must not abort a run half-way or change its exit code."""
     if _is_broken(stream):
         return False
+    with contextlib.suppress(TypeError):
+        if stream in _OPEN_LINE and not text.startswith("\r"):
+            _OPEN_LINE.discard(stream)
+            text = "\n" + text
     try:
         stream.write(_encodable(text, stream) + ("\n" if newline else ""))
         stream.flush()
@@ -131,15 +139,28 @@ class Console:
 
     Text the stream's encoding cannot show is degraded (``…`` → ``...``), and a closed stream is skipped."""
 
-    def __init__(self, stdout: TextIO, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> None:
+    def __init__(
+        self,
+        stdout: TextIO,
+        stderr: TextIO,
+        redactor: RedactingFilter,
+        *,
+        quiet: bool,
+        width: int | None = None,
+        color: bool = False,
+    ) -> None:
         self.stdout, self.stderr, self.redactor, self.quiet = stdout, stderr, redactor, quiet
+        #: The terminal's width (``COLUMNS``, else the terminal's size); ``None``: lines are not fitted.
+        self.width = width
+        #: Whether tables may use colour: stdout is a terminal, ``NO_COLOR`` is unset, ``TERM`` is not ``dumb``.
+        self.color = color
 
     def out(self, text: str) -> None:
-        write(self.stdout, self.redactor.redact(text))
+        write(self.stdout, fit(self.redactor.redact(text), self.width))
 
     def info(self, text: str) -> None:
         if not self.quiet:
-            write(self.stderr, self.redactor.redact(text))
+            write(self.stderr, fit(self.redactor.redact(text), self.width))
 
     def warn(self, text: str) -> None:
         write(self.stderr, "warning: " + self.redactor.redact(text))
@@ -149,10 +170,13 @@ class Console:
 
 
 class ProgressLine:
-    """Members done, on stderr: a rewritten line on a terminal, a plain line every 10 % (or 5 s) otherwise."""
+    """Members done, on stderr: a rewritten line on a terminal, a plain line every 10 % (or 5 s) otherwise.
 
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream, self.label = stream, label
+    Once ``stop`` is set (Ctrl-C), the line says how many members were done and how many were not started: the
+    service counts only the members it worked on, so an interrupted run never shows 100 %."""
+
+    def __init__(self, stream: TextIO, label: str, stop: threading.Event | None = None) -> None:
+        self.stream, self.label, self.stop = stream, label, stop
         try:
             self.tty = stream.isatty()
         except (OSError, ValueError):
@@ -163,17 +187,24 @@ class ProgressLine:
 
     def __call__(self, done: int, total: int) -> None:
         pct = 100 * done // total if total else 100
+        stopping = self.stop is not None and self.stop.is_set() and done < total
+        text = f"{self.label}: {done}/{total} ({pct}%)"
+        if stopping:
+            text = f"{self.label}: {done}/{total} done, stopping: {total - done} not started"
         with self._lock:
             now = time.monotonic()
             if self.tty:
                 end = "\n" if done >= total else ""
-                line = f"\r{self.label}: {done}/{total} ({pct}%){end}"
-            elif done >= total or pct >= self._last_pct + 10 or now - self._last_time >= 5:
-                line = f"{self.label}: {done}/{total} ({pct}%)\n"
+                line = f"\r{text}{end}"  # longer than any line before it: nothing of those is left
+            elif stopping or done >= total or pct >= self._last_pct + 10 or now - self._last_time >= 5:
+                line = f"{text}\n"
             else:
                 return
             self._last_pct, self._last_time = pct, now
-            write(self.stream, line, newline=False)  # a closed stderr only loses the progress line
+            # a closed stderr only loses the progress line
+            if write(self.stream, line, newline=False) and not line.endswith("\n"):
+                with contextlib.suppress(TypeError):
+                    _OPEN_LINE.add(self.stream)
 
 
 class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -15,6 +15,7 @@ from ._commands import Context, run
 from ._options import DemoOptions, Options, options_from
 from ._parser import build_parser
 from ._present import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DemoRun, exit_code, present
+from ._render import check_report_path, command_line, shown_name
 
 if TYPE_CHECKING:
     from ..testing import DefguardEmulator, GraphEmulator
@@ -35,10 +36,12 @@ def _parse(argv: Sequence[str]) -> Options:
     return options_from(build_parser().parse_args(argv))
 
 
-def _run(argv: Sequence[str], ctx: Context) -> int:
-    """Run one command as ``main`` would (without its error handling: an error ends the demo), presented."""
+def _run(argv: Sequence[str], ctx: Context, *, show: bool = True) -> int:
+    """Run one command as ``main`` would (without its error handling: an error ends the demo), presented unless
+    ``show`` is false."""
     result = run(_parse(argv), ctx)
-    present(result, ctx.console)
+    if show:
+        present(result, ctx.console)
     return exit_code(result)
 
 
@@ -51,10 +54,14 @@ def _end_user_step(ctx: Context, defguard: DefguardEmulator, graph: GraphEmulato
     )
     with tempfile.TemporaryDirectory(prefix="defguard-entra-demo-") as tmp:
         target = Path(tmp) / "provisioning.json"
-        ctx.console.info(f"demo: on alice's machine:  python -m defguard_entra fetch-config --output {target}")
-        argv = ["fetch-config", "--output", str(target), *(["-q"] if ctx.console.quiet else [])]
+        # -q, and not presented: the file goes into a temporary directory the demo removes, so no "wrote …"
+        argv = ["fetch-config", "--output", str(target), "-q"]
+        ctx.console.info(
+            f"demo: on alice's machine, signed in as alice:  {command_line(argv)}  (a temporary directory, "
+            "removed when the demo ends)"
+        )
         env = {**environment(defguard, graph), "DEFGUARD_ENTRA_GRAPH_TOKEN": token}
-        if _run(argv, attrs.evolve(ctx, environ=env)) != EXIT_OK or not target.exists():
+        if _run(argv, attrs.evolve(ctx, environ=env), show=False) != EXIT_OK or not target.exists():
             return None
         written: dict[str, str] = json.loads(target.read_text(encoding="utf-8"))
         return written.get("enrollment_token")
@@ -64,15 +71,13 @@ def demo(options: DemoOptions, ctx: Context) -> DemoRun:
     from ..testing import environment, running_emulators  # noqa: PLC0415
 
     console = ctx.console
+    if options.report:  # before anything starts, as every command checks its arguments
+        check_report_path(options.report)
     with running_emulators(options.defguard_version) as (defguard, graph, scenario):
         assert scenario is not None
         console.info(
             f"demo: Defguard {defguard.version} emulator at {defguard.url}, Microsoft Graph emulator at "
-            f"{graph.url}; group {scenario.group!r} has {len(scenario.expected)} members"
-        )
-        console.info(
-            "demo: running  python -m defguard_entra provision --group-name "
-            f"{scenario.group!r}  against them (real HTTP on 127.0.0.1)"
+            f"{graph.url}; group {shown_name(scenario.group)} has {len(scenario.expected)} members"
         )
         argv = ["provision", "--group-name", scenario.group, "--enrollment-token-expiration-time", "1d"]
         argv += ["--report", options.report] if options.report else []
@@ -81,12 +86,18 @@ def demo(options: DemoOptions, ctx: Context) -> DemoRun:
             + (["--quiet"] if options.console.quiet else [])
             + (["--no-progress"] if options.console.no_progress else [])
         )
+        console.info(f"demo: running  {command_line(argv)}  against them (real HTTP on 127.0.0.1)")
         code = _run(argv, attrs.evolve(ctx, environ=environment(defguard, graph)))
         as_expected = not scenario.differences(defguard, graph)
         if code == EXIT_INTERRUPTED:
             return DemoRun(ok=False, interrupted=True)
         end_user = _end_user_step(ctx, defguard, graph, scenario.entra_ids["alice"])
         end_user_ok = end_user == defguard.current_token("alice")
+    ok = code == EXIT_FAILED and as_expected and end_user_ok  # the org has members needing attention
+    if console.quiet:  # -q: no explanation, as no summary elsewhere; only a failure is said
+        if not ok:
+            console.error("the result differs from what the sample organisation expects")
+        return DemoRun(ok=ok)
     console.out("\nWhat happened:")
     by_kind: dict[tuple[str, str], list[str]] = {}
     for name, kind in sorted(scenario.token_kinds.items()):
@@ -99,9 +110,9 @@ def demo(options: DemoOptions, ctx: Context) -> DemoRun:
         console.out(f"  {status:<17} {', '.join(names)}: {meaning}")
     console.out(
         "  end user          alice: fetch-config, signed in as alice, wrote the desktop client's provisioning.json "
-        f"(owner-only) with her URL and token{'' if end_user_ok else ' - FAILED'}"
+        "(owner-only, in a temporary directory the demo removed) with her URL and token"
+        f"{'' if end_user_ok else ' - FAILED'}"
     )
-    ok = code == EXIT_FAILED and as_expected and end_user_ok  # the org has members needing attention
     verdict = (
         "every provisioned member's Entra attributes hold exactly the token Defguard considers valid; no other "
         "member was touched"

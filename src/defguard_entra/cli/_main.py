@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import logging
 import os
 import re
@@ -61,7 +62,14 @@ def main(
         parser.print_help(stdout)
         return EXIT_USAGE
     options = options_from(namespace)
-    console = Console(stdout, stderr, redactor, quiet=options.console.quiet)
+    console = Console(
+        stdout,
+        stderr,
+        redactor,
+        quiet=options.console.quiet,
+        width=terminal_width(environ, stdout),
+        color=colors_allowed(environ, stdout),
+    )
     ctx = Context(environ, stdin or sys.stdin, console, redactor, threading.Event())
     handler = setup_logging(options.console.verbose, stderr, redactor, quiet=options.console.quiet)
     started = _now()
@@ -91,6 +99,33 @@ def main(
     finally:
         restore()
         logging.getLogger().removeHandler(handler)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def terminal_width(environ: Mapping[str, str], stream: TextIO) -> int | None:
+    """The width output is fitted to: ``COLUMNS`` when it is a positive number, else the terminal's (``stty cols``);
+    ``None`` for a pipe or a file (nothing is cut that a script might read)."""
+    columns = environ.get("COLUMNS", "").strip()
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
+        return max(int(columns), 20)
+    if not _isatty(stream):
+        return None
+    try:
+        size = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return max(size, 20) if size > 0 else None
+
+
+def colors_allowed(environ: Mapping[str, str], stream: TextIO) -> bool:
+    """Colour only on a terminal, and never with ``NO_COLOR`` (https://no-color.org) or ``TERM=dumb``."""
+    return _isatty(stream) and not environ.get("NO_COLOR") and environ.get("TERM", "") != "dumb"
 
 
 def _now() -> dt.datetime:

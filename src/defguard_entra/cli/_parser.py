@@ -11,7 +11,7 @@ from typing import Any
 
 from .._version import __version__
 from ..config import DEFAULT_ATTRIBUTE_SET, AuthMode, Cloud
-from ..models import ENROLLED_POLICIES, GROUP_SOURCES
+from ..models import ENROLLED_POLICIES, GROUP_SOURCES, Status
 from ._console import write
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "subparsers"]
@@ -33,12 +33,45 @@ class _Parser(argparse.ArgumentParser):
         if message:  # --help and --version: degrade to the stream's encoding, survive a closed pipe
             write(file if file is not None else sys.stderr, message, newline=False)
 
+    def format_usage(self) -> str:
+        return _shown_required(self, super().format_usage)
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+    def format_help(self) -> str:
+        return _shown_required(self, super().format_help)
+
+
+#: Options the usage line shows as required although argparse does not enforce them: the command checks them itself,
+#: to say what is missing in its own words (``--group-name is required: the name of the group whose …``).
+_SHOWN_REQUIRED = frozenset({"group_name"})
+
+
+def _shown_required(parser: argparse.ArgumentParser, render: Any) -> str:
+    marked = [a for a in parser._actions if a.dest in _SHOWN_REQUIRED and not a.required]  # noqa: SLF001
+    for action in marked:
+        action.required = True
+    try:
+        return str(render())
+    finally:
+        for action in marked:
+            action.required = False
+
+
+def _statuses(meanings: dict[Status, str]) -> str:
+    """A command's statuses for its epilog, in the one order of statuses everywhere (that of ``Status``)."""
+    return ", ".join(f"{s.value} ({meanings[s]})" if meanings[s] else s.value for s in Status if s in meanings)
+
+
+def _add_common(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    """The output options. ``--no-progress`` is offered only by a command that shows progress; the others accept
+    it silently (scripts that pass it everywhere keep working) without listing it."""
     out = p.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
-    out.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr; no summary table")
-    out.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    out.add_argument(
+        "-q", "--quiet", action="store_true", help="only errors on stderr; no progress, no summary, no explanation"
+    )
+    out.add_argument(
+        "--no-progress", action="store_true", help="no progress line on stderr" if progress else argparse.SUPPRESS
+    )
     out.add_argument("--debug", action="store_true", help="show tracebacks (secrets are still redacted)")
 
 
@@ -115,12 +148,14 @@ def _add_report(p: argparse.ArgumentParser) -> Any:
     return report
 
 
-def _add_tail(p: argparse.ArgumentParser, *, writes: bool, mints: bool = False, report: bool = False) -> None:
+def _add_tail(
+    p: argparse.ArgumentParser, *, writes: bool, mints: bool = False, report: bool = False, progress: bool = False
+) -> None:
     """The groups that close a group command's options: pace, ``--report`` (if it writes one), output."""
     _add_retry_options(p, writes=writes, mints=mints)
     if report:
         _add_report(p)
-    _add_common(p)
+    _add_common(p, progress=progress)
 
 
 def _add_lifetime(group: Any, help_text: str) -> None:
@@ -168,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mint enrollment tokens for a group and store them in Entra",
         description="Mint a Defguard enrollment token for every member of a group and store it, "
         "with the enrollment URL, in the member's Entra custom security attributes.",
+        epilog=_PROVISION_EPILOG,
     )
     run = prov.add_argument_group("what to provision")
     _add_lifetime(run, "token lifetime, e.g. 24h, 1d, 2w, 90m, 1.5h (default: the server's, usually 24h)")
@@ -182,18 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(prov).add_argument(
         "--reveal-tokens", action="store_true", help="put full tokens in the report (owner-only file)"
     )
-    _add_common(prov)
+    _add_common(prov, progress=True)
 
     demo = sub.add_parser(
         "demo",
         help="run provision against built-in emulators (no tenant needed)",
         description="Start the Defguard and Graph emulators with a sample organisation, run "
         "provision against them over real HTTP, and explain the result.",
+        epilog=_DEMO_EPILOG,
         allow_abbrev=False,
     )
     demo.add_argument("--defguard-version", choices=["1.6", "2.0"], default="2.0", help="emulated Defguard line")
     demo.add_argument("--report", metavar="PATH", help="also write the report here (.json or .csv)")
-    _add_common(demo)
+    _add_common(demo, progress=True)
     _add_client_config_commands(sub)
     _add_operations_commands(sub)
     return parser
@@ -234,8 +271,25 @@ def _add_client_config_commands(sub: Any) -> None:
         "DIR/<userPrincipalName>/provisioning.json for each, plus manifest.json and manifest.csv accounting for "
         "every member. Files are owner-only and hold live tokens: hand them to your device management, not to "
         "a share.",
-        epilog="Exit codes: 0 every member exported or needs no file (disabled, already enrolled), 1 some "
-        "members need attention, 2 usage error, 3 the run could not start.",
+        epilog="Manifest statuses: exported (a provisioning.json written, replaced or unchanged), else the "
+        "member's status: "
+        + _statuses(
+            dict.fromkeys(
+                (
+                    Status.ALREADY_ENROLLED,
+                    Status.DISABLED,
+                    Status.NO_EMAIL,
+                    Status.NOT_FOUND,
+                    Status.AMBIGUOUS,
+                    Status.NOT_IN_DEFGUARD,
+                    Status.FAILED,
+                    Status.NOT_SET,
+                ),
+                "",
+            )
+        )
+        + ". Exit codes: 0 every member exported or needs no file (disabled, already enrolled), 1 some "
+        "members need attention, 2 usage error, 3 the run could not start, 130 interrupted (with --provision).",
     )
     what = export.add_argument_group("what to export")
     what.add_argument(
@@ -253,7 +307,7 @@ def _add_client_config_commands(sub: Any) -> None:
     )
     _add_lifetime(mint, "with --provision: token lifetime, e.g. 24h, 1d (default: the server's)")
     _add_only_missing(mint, "with --provision: mint only for members whose attributes hold no token yet")
-    _add_tail(export, writes=True, mints=True)
+    _add_tail(export, writes=True, mints=True, progress=True)
 
 
 # -- status, clear and check --------------------------------------------------------------------------------------
@@ -279,25 +333,90 @@ _CHECK_DESCRIPTION = (
     "predefined-values-only, and the permissions to write and read them."
 )
 
+_PROVISION_EPILOG = (
+    "Statuses: "
+    + _statuses(
+        {
+            Status.PROVISIONED: "a token minted and stored with the URL",
+            Status.ALREADY_ENROLLED: "has a device: skipped",
+            Status.DISABLED: "disabled in Defguard: skipped",
+            Status.ENTRA_DISABLED: "the Entra account is disabled: skipped",
+            Status.NO_EMAIL: "",
+            Status.NOT_FOUND: "no Entra user with that address",
+            Status.AMBIGUOUS: "",
+            Status.NOT_IN_DEFGUARD: "--group-source entra",
+            Status.FAILED: "",
+            Status.PLANNED: "--dry-run",
+            Status.EXISTING: "--only-missing: already stored",
+            Status.INTERRUPTED: "",
+        }
+    )
+    + ". Exit codes: 0 no member needs attention, 1 a member is no_email, not_found, ambiguous, not_in_defguard or "
+    "failed, 2 usage error, 3 cannot run (nothing minted), 130 interrupted (run again with --only-missing to finish)."
+)
+_DEMO_EPILOG = (
+    "The demo runs provision, so its statuses are provision's; the sample organisation has a member of each of: "
+    + _statuses(
+        dict.fromkeys(
+            (
+                Status.PROVISIONED,
+                Status.ALREADY_ENROLLED,
+                Status.DISABLED,
+                Status.NO_EMAIL,
+                Status.NOT_FOUND,
+                Status.AMBIGUOUS,
+            ),
+            "",
+        )
+    )
+    + ". Exit codes: 0 the sample organisation ended exactly as expected (provision itself exits 1 on it), 1 it did "
+    "not, 2 usage error, 3 cannot run, 130 interrupted."
+)
 _STATUS_EPILOG = (
-    "Statuses: set (EnrollmentToken and EnrollmentUrl stored), partial (only one of them: provision "
-    "--only-missing re-provisions it), not_set (nothing stored, or this sign-in may not read the attributes: Graph "
-    "answers both the same way), no_email, not_found, ambiguous, not_in_defguard, failed, interrupted. The columns "
-    "active and enrolled are the Defguard user's state; tokens are masked (first 4 characters). "
+    "Statuses: "
+    + _statuses(
+        {
+            Status.NO_EMAIL: "",
+            Status.NOT_FOUND: "",
+            Status.AMBIGUOUS: "",
+            Status.NOT_IN_DEFGUARD: "",
+            Status.FAILED: "",
+            Status.INTERRUPTED: "",
+            Status.STALE: "a run that did not finish minted a token: what is stored may be dead",
+            Status.NOT_SET: "nothing stored, or this sign-in may not read the attributes: Graph answers both the same "
+            "way",
+            Status.SET: "EnrollmentToken and EnrollmentUrl stored",
+            Status.PARTIAL: "only one of them: provision --only-missing re-provisions it",
+        }
+    )
+    + ". The columns active and enrolled are the Defguard user's state; tokens are masked (first 4 characters). "
     "Exit codes: 0 every member looked up, 1 some member could not be (no_email, not_found, ambiguous, "
-    "not_in_defguard, failed), 2 usage error, 3 cannot run, 130 interrupted."
+    "not_in_defguard, failed, stale), 2 usage error, 3 cannot run, 130 interrupted."
 )
 _CLEAR_EPILOG = (
-    "Statuses: cleared, not_set (nothing stored), kept (not enrolled in Defguard yet, without --all), planned "
-    "(--dry-run), not_found (also for a member without e-mail), ambiguous, failed, interrupted. Only "
-    "EnrollmentToken and EnrollmentUrl are set to null; other attributes of the set are left alone. "
-    "Exit codes: 0 done, 1 a member is failed, not_found or ambiguous, 2 usage error, 3 cannot run, 130 interrupted."
+    "Statuses: "
+    + _statuses(
+        {
+            Status.NOT_FOUND: "also for a member without e-mail",
+            Status.AMBIGUOUS: "",
+            Status.FAILED: "",
+            Status.PLANNED: "--dry-run",
+            Status.INTERRUPTED: "",
+            Status.STALE: "",
+            Status.CLEARED: "",
+            Status.NOT_SET: "nothing stored",
+            Status.KEPT: "not enrolled in Defguard yet, without --all",
+        }
+    )
+    + ". Only EnrollmentToken and EnrollmentUrl are set to null; other attributes of the set are left alone. "
+    "Exit codes: 0 done, 1 a member is failed, not_found, ambiguous or stale, 2 usage error, 3 cannot run, "
+    "130 interrupted."
 )
 _CHECK_EPILOG = (
     "Nothing is changed: no token is minted and no attribute written. Write (and read) permission on the "
     "attributes is judged from the Graph access token's claims when it is a JWT (roles, scp, wids); otherwise it "
-    "is reported 'not verified' (Graph shows it only by writing). Exit codes: 0 ready (warnings allowed), 2 usage "
-    "error, 3 not ready."
+    "is reported 'not verified' (Graph shows it only by writing). Each line is ok, FAIL (with its fix), warn (not "
+    "verified, with a hint) or skip. Exit codes: 0 ready (warnings allowed), 2 usage error, 3 not ready."
 )
 
 
@@ -362,7 +481,7 @@ def _add_operations_commands(sub: Any) -> None:
         "by the desktop client)",
     )
     what.add_argument("--dry-run", action="store_true", help="read everything, write nothing: who would be cleared")
-    _add_tail(clear, writes=True, report=True)
+    _add_tail(clear, writes=True, report=True, progress=True)
 
     check = _group_command(
         sub, "check", "check", help=_CHECK_HELP, description=_CHECK_DESCRIPTION, epilog=_CHECK_EPILOG

@@ -17,8 +17,16 @@ import attrs
 
 from .._files import open_to_others
 from ..exceptions import ConfigurationError
-from ..models import Checklist, Report
-from ._render import format_checklist, format_export_summary, format_status_table, format_summary, write_report
+from ..models import Checklist, Report, Status
+from ._render import (
+    command_line,
+    format_checklist,
+    format_export_summary,
+    format_status_table,
+    format_summary,
+    shown_name,
+    write_report,
+)
 
 if TYPE_CHECKING:
     from .._desktop_client import WriteOutcome
@@ -126,17 +134,37 @@ def present(result: Result, console: Console) -> None:
 
 def _present_report(run: ReportRun, console: Console) -> None:
     report = run.report
+    width, color = console.width, console.color
     if run.table and report.outcomes and not console.quiet:
-        console.out(format_status_table(report))
+        console.out(format_status_table(report, width=width, color=color))
     path = _write_report_somewhere(report, run.path, console, reveal=run.reveal_tokens) if run.path else None
     if not report.outcomes:
-        console.out(f"group {report.group_name!r} has no members: nothing to do")
+        console.out(f"group {shown_name(report.group_name)} has no members: nothing to do")
     elif not console.quiet:
-        console.out(format_summary(report))
+        console.out(format_summary(report, width=width, color=color, report_path=path))
     if path is not None and not console.quiet:
         console.info(f"report written to {path}")
     if report.fatal_error:
         console.error(report.fatal_error)
+    if report.interrupted:
+        _finish_line(report, console)
+
+
+def _finish_line(report: Report, console: Console) -> None:
+    """The last line of an interrupted run: how many members were left, and the command that finishes the job."""
+    left = sum(1 for o in report.outcomes if o.status is Status.INTERRUPTED)
+    words = [report.command, "--group-name", report.group_name]
+    if report.group_source != "defguard":
+        words += ["--group-source", str(report.group_source)]
+    options = report.audit.get("options", {})
+    if report.command == "provision":
+        words.append("--only-missing")  # who got a token keeps it; the others get theirs
+    elif report.command == "clear" and options.get("all"):
+        words.append("--all")
+    console.warn(
+        f"interrupted: {left:,} of {len(report.outcomes):,} member{'s' if len(report.outcomes) != 1 else ''} "
+        f"not done. To finish the job, run (with the same other options):  {command_line(words)}"
+    )
 
 
 def _write_report_somewhere(report: Report, path: Path, console: Console, *, reveal: bool) -> Path | None:
@@ -175,7 +203,7 @@ def _present_export(run: ExportRun, console: Console) -> None:
         console.error("nothing exported: provision did not complete")
         return
     if not console.quiet:
-        console.out(format_export_summary(manifest, run.notes))
+        console.out(format_export_summary(manifest, run.notes, width=console.width, color=console.color))
     if manifest.stale:
         shown = ", ".join(manifest.stale[:5]) + (" …" if len(manifest.stale) > 5 else "")
         console.warn(

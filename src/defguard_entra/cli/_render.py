@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import textwrap
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,16 +23,115 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_report_path",
+    "command_line",
+    "fit",
     "format_checklist",
     "format_export_summary",
     "format_status_table",
     "format_summary",
     "report_bytes",
     "report_chunks",
+    "shown_name",
+    "table",
     "write_report",
 ]
 
 _PROBLEM_ROWS = 25
+
+#: The longest name shown in full; longer ones are cut with an ellipsis (the report holds them whole).
+_NAME_LIMIT = 60
+#: Names shown without quotes: nothing a reader could misread where the name starts or ends.
+_PLAIN_NAME = re.compile(r"[^\s'\"“”]+")
+#: A table column is never narrowed below this (or its natural width, when smaller).
+_MIN_COLUMN = 6
+_NUMERIC = re.compile(r"^\d+(\.\d+)?$")
+_HEADER_COLOR = "\x1b[1;32m", "\x1b[0m"
+
+
+def shown_name(name: str, limit: int = _NAME_LIMIT) -> str:
+    """A group (or other) name as the user typed it: bare when it reads unambiguously, else in quotes (double, or
+    single when it holds a double quote, or typographic when it holds both), never escaped; control
+    characters visible (``\\n``, ``\\u200b``), and a name longer than ``limit`` cut with an ellipsis."""
+    cut = name if len(name) <= limit else name[: limit - 1] + "…"
+    visible = "".join(
+        c if unicodedata.category(c)[0] != "C" and c not in "\u2028\u2029" else repr(c)[1:-1] for c in cut
+    )
+    if visible and _PLAIN_NAME.fullmatch(visible) and visible == cut:
+        return visible
+    if '"' not in visible:
+        return f'"{visible}"'
+    return f"'{visible}'" if "'" not in visible else f"“{visible}”"
+
+
+def table(
+    rows: Sequence[Sequence[Any]], columns: Sequence[str], *, width: int | None = None, color: bool = False
+) -> str:
+    """A bordered table; cells wrap so that no line is wider than ``width`` (the report keeps the full text).
+    The header is coloured only when ``color`` (the console decides: a terminal, no ``NO_COLOR``, no dumb TERM)."""
+    data = [[str(cell).expandtabs() for cell in row] for row in rows]
+    widths = [max([len(name)] + [len(row[n]) for row in data]) for n, name in enumerate(columns)]
+    numeric = [bool(data) and all(_NUMERIC.match(row[n]) for row in data) for n in range(len(columns))]
+    if width is not None:
+        floor = [
+            min(w, max(_MIN_COLUMN, len(name) if numeric[n] else 0))
+            for n, (w, name) in enumerate(zip(widths, columns, strict=True))
+        ]
+        while sum(widths) + 3 * len(widths) + 1 > width:
+            widest = max(range(len(widths)), key=lambda n: widths[n] - floor[n])
+            if widths[widest] <= floor[widest]:
+                break
+            widths[widest] -= 1
+    bar = "-" * (sum(widths) + 3 * len(widths) + 1)
+
+    def lines_of(cells: Sequence[str], *, header: bool = False) -> list[str]:
+        wrapped = [_wrap(cell, widths[n]) for n, cell in enumerate(cells)]
+        out = []
+        for k in range(max(len(w) for w in wrapped)):
+            line = "|"
+            for n, parts in enumerate(wrapped):
+                part = parts[k] if k < len(parts) else ""
+                pad = " " * (widths[n] - len(part))
+                text = pad + part if numeric[n] and not header else part + pad
+                if header and color:
+                    text = _HEADER_COLOR[0] + text + _HEADER_COLOR[1]
+                line += f" {text} |"
+            out.append(line)
+        return out
+
+    result = [bar, *lines_of(list(columns), header=True), bar]
+    for row in data:
+        result.extend(lines_of(row))
+    result.append(bar)
+    return "\n".join(result)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
+def command_line(words: Sequence[str]) -> str:
+    """``python -m defguard_entra`` and ``words`` as one would type them: a word in double quotes only when it
+    holds a space or a character a shell (sh or PowerShell) reads itself."""
+    shown = [w if w and re.fullmatch(r"[\w@%+=:,./\\-]+", w) else '"' + w.replace('"', '\\"') + '"' for w in words]
+    return " ".join(["python -m defguard_entra", *shown])
+
+
+def fit(text: str, width: int | None) -> str:
+    """Free text wrapped to ``width`` at spaces (a URL or path longer than a line is kept whole)."""
+    if width is None:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= width or line.startswith(("|", "-")):
+            lines.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        lines.extend(
+            textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False, subsequent_indent=indent)
+        )
+    return "\n".join(lines)
 
 
 def check_report_path(path: str) -> Path:
@@ -77,26 +179,28 @@ def write_report(report: Report, path: str | Path, *, reveal_tokens: bool = Fals
     return target
 
 
-def format_summary(report: Report) -> str:
-    """The end-of-run text: a status table and the members that need attention."""
+def format_summary(
+    report: Report, *, width: int | None = None, color: bool = False, report_path: Path | None = None
+) -> str:
+    """The end-of-run text: a status table and the members that need attention (at most ``width`` wide)."""
     from humanfriendly import format_timespan  # noqa: PLC0415
-    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
 
     lines: list[str] = []
     total = len(report.outcomes)
     duration = (report.finished_at - report.started_at).total_seconds()
-    title = f"{report.command} {'(dry run) ' if report.dry_run else ''}of group {report.group_name!r}"
+    title = f"{report.command} {'(dry run) ' if report.dry_run else ''}of group {shown_name(report.group_name)}"
     lines.append(f"{title}: {total} member{'s' if total != 1 else ''} in {format_timespan(duration)}")
     if total:
         rows: list[list[Any]] = [[status, count] for status, count in report.summary.items()]
-        lines.append(format_pretty_table(rows, ["status", "members"]))
+        lines.append(table(rows, ["status", "members"], width=width, color=color))
     problems = [o for o in report.outcomes if o.status.is_problem]
     if problems:
         shown = problems[:_PROBLEM_ROWS]
         rows = [[o.username or "-", o.email or "-", o.status.value, o.error or ""] for o in shown]
-        lines.append(format_pretty_table(rows, ["username", "email", "status", "why"]))
+        lines.append(table(rows, ["username", "email", "status", "why"], width=width, color=color))
         if len(problems) > len(shown):
-            lines.append(f"… and {len(problems) - len(shown)} more: see the report (--report PATH)")
+            where = str(report_path) if report_path is not None else "the report (--report PATH)"
+            lines.append(f"… and {len(problems) - len(shown)} more: see {where}")
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
 
@@ -104,9 +208,8 @@ def format_summary(report: Report) -> str:
 # -- status and check --------------------------------------------------------------------------------------------
 
 
-def format_status_table(report: Report) -> str:
+def format_status_table(report: Report, *, width: int | None = None, color: bool = False) -> str:
     """One row per member for ``status``: Defguard state, Entra match, what is stored (token masked)."""
-    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
 
     def flag(value: bool | None) -> str:
         return "-" if value is None else "yes" if value else "no"
@@ -127,7 +230,7 @@ def format_status_table(report: Report) -> str:
             ]
         )
     columns = ["member", "active", "devices", "Entra user", "status", "would mint", "token", "URL"]
-    return str(format_pretty_table(rows, columns))
+    return table(rows, columns, width=width, color=color)
 
 
 _MARKS = {CheckState.OK: "ok  ", CheckState.FAIL: "FAIL", CheckState.WARN: "warn", CheckState.SKIP: "skip"}
@@ -136,8 +239,9 @@ _MARKS = {CheckState.OK: "ok  ", CheckState.FAIL: "FAIL", CheckState.WARN: "warn
 def format_checklist(checklist: Checklist, *, problems_only: bool = False) -> str:
     """The ``check`` output: one line per item, a fix hint under each failure, and the verdict last."""
     title = (
-        f"check of group {checklist.group_name!r} ({checklist.group_source}), attribute set "
-        f"{checklist.attribute_set!r}: Defguard {checklist.defguard_url}, Microsoft Graph {checklist.graph_url}"
+        f"check of group {shown_name(checklist.group_name)} ({checklist.group_source}), attribute set "
+        f"{shown_name(checklist.attribute_set)}: Defguard {checklist.defguard_url}, "
+        f"Microsoft Graph {checklist.graph_url}"
     )
     lines = [title]
     for item in checklist.items:
@@ -164,10 +268,10 @@ def format_checklist(checklist: Checklist, *, problems_only: bool = False) -> st
 # -- export ------------------------------------------------------------------------------------------------------
 
 
-def format_export_summary(manifest: ExportManifest, notes: Sequence[str]) -> str:
+def format_export_summary(
+    manifest: ExportManifest, notes: Sequence[str], *, width: int | None = None, color: bool = False
+) -> str:
     """The end-of-export text: files written per kind, a status table, the members that need attention."""
-    from humanfriendly.tables import format_pretty_table  # noqa: PLC0415
-
     entries = manifest.entries
     files = [e for e in entries if e.status == "exported"]
     changes = ", ".join(
@@ -176,16 +280,17 @@ def format_export_summary(manifest: ExportManifest, notes: Sequence[str]) -> str
     )
     plural = "s" if len(entries) != 1 else ""
     title = (
-        f"export of group {manifest.group_name!r} to {manifest.output_dir}: {len(files)} of {len(entries)} "
+        f"export of group {shown_name(manifest.group_name)} to {manifest.output_dir}: {len(files)} of {len(entries)} "
         f"member{plural} have a provisioning.json ({changes})"
     )
     lines = [title]
     if entries:
-        lines.append(format_pretty_table([[k, v] for k, v in manifest.summary.items()], ["status", "members"]))
+        summary = [[k, v] for k, v in manifest.summary.items()]
+        lines.append(table(summary, ["status", "members"], width=width, color=color))
     problems = [e for e in entries if not e.ok]
     if problems:
         rows = [[e.username or e.user_principal_name or "-", e.status, e.error or ""] for e in problems[:_PROBLEM_ROWS]]
-        lines.append(format_pretty_table(rows, ["member", "status", "why"]))
+        lines.append(table(rows, ["member", "status", "why"], width=width, color=color))
         if len(problems) > _PROBLEM_ROWS:
             lines.append(f"… and {len(problems) - _PROBLEM_ROWS} more: see manifest.csv")
     lines.extend(f"note: {n}" for n in notes)

@@ -152,6 +152,8 @@ class _Minting:
                     m.settle(Status.INTERRUPTED, "the run was interrupted before this member")
                 else:
                     m.settle(Status.FAILED, f"not attempted: {self.abort[0]}")
+            if self.stopped:  # not started: progress counts only the members worked on
+                return
         else:
             try:
                 await self.journaled(chunk)

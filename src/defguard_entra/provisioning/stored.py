@@ -66,7 +66,8 @@ async def clear_values(
         if stop is not None and stop.is_set():
             for member in chunk:
                 member.settle(Status.INTERRUPTED, "the run was interrupted before this member")
-        elif abort is not None:
+            continue  # not started: progress counts only the members worked on
+        if abort is not None:
             for member in chunk:
                 member.settle(Status.FAILED, f"not attempted: {abort}")
         else:
