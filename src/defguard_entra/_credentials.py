@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from azure.core.credentials import AccessToken, TokenCredential
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
 from .exceptions import ConfigurationError, EntraAuthError
@@ -29,8 +29,10 @@ __all__ = [
     "StaticTokenCredential",
     "build_credential",
     "close_quietly",
+    "connection_cause",
     "graph_scopes",
     "jwt_claims",
+    "sign_in_cause",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,17 @@ class CachingCredential:
             try:
                 token: AccessToken = self.inner.get_token(*scopes, **kwargs)
             except ClientAuthenticationError as exc:
-                reason = _first_line(exc.message or str(exc))
-                raise EntraAuthError(f"Microsoft Entra sign-in failed: {reason}") from None
-            except Exception as exc:  # azure-identity raises a few unrelated types for the same problem
-                if type(exc).__name__ == "CredentialUnavailableError":
-                    raise EntraAuthError(f"no Microsoft Entra credential available: {_first_line(str(exc))}") from None
-                raise
+                # Also CredentialUnavailableError (a subclass): nothing to try (``az`` missing, not signed in);
+                # otherwise Entra's refusal, its AADSTS code in the message.
+                text = exc.message or str(exc)
+                raise EntraAuthError(
+                    f"Microsoft Entra sign-in failed: {_first_line(text)}", cause=sign_in_cause(text)
+                ) from None
+            except ServiceRequestError as exc:  # no answer from the sign-in endpoint (azure-core's transport)
+                text = _first_line(str(exc))
+                raise EntraAuthError(
+                    f"cannot reach the Microsoft Entra sign-in endpoint: {text}", cause=connection_cause(text)
+                ) from None
             self._cache[key] = token
             return token
 
@@ -234,6 +241,58 @@ def _headless(env: Any) -> bool:
     if env.get("SSH_CONNECTION"):
         return True
     return sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+#: AADSTS codes by cause (Microsoft Learn, "Microsoft Entra authentication and authorization error codes").
+_CONSENT_CODES = ("AADSTS65001", "AADSTS65004", "AADSTS90094", "AADSTS90095", "AADSTS650056", "AADSTS650057")
+_TOKEN_CODES = (
+    "AADSTS50132",  # session revoked: password changed or expired
+    "AADSTS50133",
+    "AADSTS50173",  # grant expired: revoked or password changed
+    "AADSTS70043",  # refresh token expired (sign-in frequency)
+    "AADSTS700082",  # refresh token expired after inactivity
+    "AADSTS700084",
+    "AADSTS7000215",  # invalid client secret
+    "AADSTS7000222",  # client secret expired
+)
+_TOOL_MESSAGES = ("not found on path", "is not recognized", "failed to execute", "failed to invoke")
+_SIGNED_OUT_MESSAGES = ("az login", "no accounts were found", "expired")  # AzureCliCredential, MSAL's cache
+
+
+def sign_in_cause(message: str) -> str | None:
+    """What an azure-identity/MSAL error message says went wrong (a cause of :class:`EntraError`), or ``None``.
+
+    Read from the message because that is all azure-identity keeps: the AADSTS code Entra sent, or the fixed texts
+    of ``AzureCliCredential`` ("Azure CLI not found on path", "Please run 'az login'…"). Codes not listed give
+    ``None`` (the generic hint); see docs/reference/sign-in-errors.md.
+    """
+    text = message.lower()
+    if any(code.lower() in text for code in _CONSENT_CODES) or "consent" in text:
+        return "consent"
+    if any(code.lower() in text for code in _TOKEN_CODES):
+        return "token"
+    if any(words in text for words in _TOOL_MESSAGES):
+        return "tool"
+    if any(words in text for words in _SIGNED_OUT_MESSAGES):
+        return "token"
+    if "aadsts" in text:
+        return None
+    return connection_cause(message) if _looks_like_network(text) else None
+
+
+def connection_cause(message: str) -> str:
+    """A transport failure's message → ``proxy``, ``tls`` or ``unreachable``."""
+    text = message.lower()
+    if "proxy" in text or "407" in text or "tunnel" in text:
+        return "proxy"
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "tls"
+    return "unreachable"
+
+
+def _looks_like_network(text: str) -> bool:
+    words = ("connection", "timed out", "name resolution", "getaddrinfo", "ssl", "certificate", "proxy", "tunnel")
+    return any(word in text for word in words)
 
 
 def _first_line(text: str) -> str:

@@ -321,11 +321,17 @@ class DefguardClient:
                 )
         except requests.exceptions.SSLError as exc:
             raise DefguardUnreachableError(
-                f"TLS verification of {self._base} failed: {first_line(exc)} (for a private CA, pass --ca-bundle PATH)"
+                f"TLS verification of {self._base} failed: {first_line(exc)} (for a private CA, pass --ca-bundle PATH)",
+                cause="tls",
             ) from None
+        except requests.exceptions.ProxyError as exc:
+            error = DefguardUnreachableError(
+                f"the proxy refused the connection to {self._base}: {first_line(exc)}", cause="proxy"
+            )
+            raise Unreachable(error, "other") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             cause, kind = connection_cause(exc, timed_out=isinstance(exc, requests.Timeout), timeout=self._timeout)
-            error = DefguardUnreachableError(f"cannot reach Defguard at {self._base}: {cause}")
+            error = DefguardUnreachableError(f"cannot reach Defguard at {self._base}: {cause}", cause="unreachable")
             raise Unreachable(error, kind) from None
         except requests.RequestException as exc:
             raise DefguardUnreachableError(f"request to Defguard failed: {first_line(exc)}") from None

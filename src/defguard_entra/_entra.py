@@ -54,6 +54,16 @@ def _response_error(response: httpx.Response) -> tuple[str, str]:
     return _odata.error_of(body, response.status_code)
 
 
+def _transport_error(base_url: str, exc: httpx.TransportError) -> EntraError:
+    """No HTTP answer from Graph, with its cause: the proxy refused, TLS failed, or the host is unreachable."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ProxyError):
+        return EntraError(f"the proxy refused the connection to Microsoft Graph at {base_url}: {text}", cause="proxy")
+    if "SSL" in text or "CERTIFICATE" in text.upper():
+        return EntraError(f"TLS verification of Microsoft Graph at {base_url} failed: {text}", cause="tls")
+    return EntraError(f"cannot reach Microsoft Graph at {base_url}: {text}", cause="unreachable")
+
+
 def _http_client(settings: GraphSettings, transport: httpx.AsyncHTTPTransport, timeout: float) -> httpx.AsyncClient:
     """Our own HTTP client for Graph: no proxy from the environment, only the one the settings give."""
     return httpx.AsyncClient(
@@ -214,7 +224,7 @@ class AsyncEntraClient:
         try:
             response = await self._adapter.send_primitive_async(info, "bytes", {})
         except httpx.TransportError as exc:
-            raise Retryable(EntraError(f"cannot reach Microsoft Graph at {self.base_url}: {exc!s}"), None) from None
+            raise Retryable(_transport_error(self.base_url, exc), None) from None
         except EntraError:
             raise
         except Exception as exc:
@@ -256,7 +266,9 @@ class AsyncEntraClient:
         status, path = response.status_code, url.split("?", maxsplit=1)[0]
         if status == 401:
             code, message = _response_error(response)
-            raise EntraAuthError(f"Graph refused the access token (401 {code}): {message or 'sign in again'}")
+            raise EntraAuthError(
+                f"Graph refused the access token (401 {code}): {message or 'sign in again'}", cause="token"
+            )
         if status >= 400:
             raise EntraAPIError(status, *_response_error(response), method=method, url=path)
         try:

@@ -66,8 +66,22 @@ class DefguardError(DefguardEntraError):
     """Anything that went wrong talking to Defguard."""
 
 
+#: What stopped a request before the service could judge it (``cause`` of :class:`DefguardUnreachableError` and
+#: :class:`EntraError`): ``unreachable`` (DNS, refused, timeout), ``tls`` (certificate), ``proxy`` (the proxy
+#: refused: 407 or no tunnel), ``tool`` (a sign-in tool such as ``az`` is missing), ``token`` (expired or revoked
+#: token or secret, not signed in), ``consent`` (no consent for the app or scope), ``None`` when not known.
+CAUSES = ("unreachable", "tls", "proxy", "tool", "token", "consent")
+
+
 class DefguardUnreachableError(DefguardError):
-    """Network, TLS or timeout failure: no HTTP answer from Defguard."""
+    """Network, TLS or timeout failure: no HTTP answer from Defguard; ``cause`` says which (see :data:`CAUSES`)."""
+
+    cause: str | None = None
+
+    def __init__(self, *args: object, cause: str | None = None) -> None:
+        super().__init__(*args)
+        if cause is not None:
+            self.cause = cause
 
 
 class DefguardAPIError(DefguardError):
@@ -112,7 +126,14 @@ class UnexpectedResponseError(DefguardAPIError):
 
 
 class EntraError(DefguardEntraError):
-    """Anything that went wrong talking to Microsoft Graph."""
+    """Anything that went wrong talking to Microsoft Graph; ``cause`` is one of :data:`CAUSES` when known."""
+
+    cause: str | None = None
+
+    def __init__(self, *args: object, cause: str | None = None) -> None:
+        super().__init__(*args)
+        if cause is not None:
+            self.cause = cause
 
 
 class EntraAuthError(EntraError):

@@ -138,6 +138,28 @@ def test_unknown_token_is_401(api: Client) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("revoked", "message"),
+    [
+        # Graph's answer to an expired access token (as Microsoft Graph PowerShell shows it: "Get-MgUser : Lifetime
+        # validation failed, the token is expired.", FullyQualifiedErrorId InvalidAuthenticationToken).
+        (False, "Lifetime validation failed, the token is expired."),
+        # Continuous access evaluation: a token issued before the user's sessions were revoked (Microsoft Learn,
+        # "Continuous access evaluation"; not verified against a tenant).
+        (True, "TokenIssuedBeforeRevocationTimestamp"),
+    ],
+)
+def test_an_invalidated_token_is_401(api: Client, graph: GraphEmulator, revoked: bool, message: str) -> None:
+    token = graph.add_principal("soon invalid")
+    ok_json(api.get("/users", token=token))
+    graph.invalidate_token(token, revoked=revoked)
+    response = api.get("/users", token=token)
+    error = error_of(response, 401, "InvalidAuthenticationToken")
+    assert message in error["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+    ok_json(api.get("/users"))  # the others are unaffected
+
+
 def test_header_names_and_scheme_are_case_insensitive(api: Client, graph: GraphEmulator) -> None:
     response = api.get("/users", token=None, headers={"AUTHORIZATION": f"bearer {graph.admin_token}"})
     assert ok_json(response)["value"] == []

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import attrs
 
-from ..exceptions import DefguardAuthError, DefguardError, EntraAPIError, EntraError, PreflightError
-from ..models import CheckItem, Checklist, CheckState, DefguardDeployment, EntraUser, GroupSource
+from ..exceptions import (
+    DefguardAPIError,
+    DefguardAuthError,
+    DefguardError,
+    DefguardUnreachableError,
+    EntraAPIError,
+    EntraError,
+    PreflightError,
+)
+from ..models import CheckItem, Checklist, CheckState, DefguardDeployment, EntraUser, GraphPrincipal, GroupSource
 from ._ports import Clients
 from .checklist import (
     READ_ATTRIBUTES,
     WRITE_ATTRIBUTES,
     attribute_items,
+    defguard_reachable_item,
     defguard_token_items,
     deployment_items,
+    graph_failure_hint,
+    missing_role_hint,
     permission_item,
     read_users_item,
 )
@@ -33,10 +44,10 @@ async def checklist(clients: Clients, group_name: str, group_source: GroupSource
     """Every line, Defguard's first; with ``probe_write`` the judged write permission replaced by the probe."""
     items: list[CheckItem] = []
     version = await check_defguard(clients, group_name, group_source, items)
-    await check_graph(clients, group_name, group_source, items)
+    principal = await check_graph(clients, group_name, group_source, items)
     if probe_write:
         items = [i for i in items if i.key != WRITE_ATTRIBUTES.key]
-        items.append(await probe_item(clients, group_name, group_source))
+        items.append(await probe_item(clients, group_name, group_source, principal))
     return Checklist(
         tuple(items),
         group_name=group_name,
@@ -56,16 +67,7 @@ async def check_defguard(
     try:
         server = await clients.dg(defguard.server)
     except DefguardError as exc:
-        items.append(
-            CheckItem(
-                "defguard_reachable",
-                "Defguard reachable",
-                CheckState.FAIL,
-                str(exc),
-                "check --url (the Defguard core's base URL), that the server is up and reachable from here, "
-                "and --ca-bundle for a private CA",
-            )
-        )
+        items.append(defguard_reachable_item(str(exc), _defguard_cause(exc)))
         keys = ["defguard_license", "defguard_token", "defguard_admin"]
         keys += ["group"] if group_source == "defguard" else []
         items.extend(CheckItem(k, k.replace("_", " "), CheckState.SKIP, "Defguard is not reachable") for k in keys)
@@ -98,6 +100,15 @@ async def check_defguard(
     return server.version
 
 
+def _defguard_cause(exc: DefguardError) -> str | None:
+    """Why Defguard gave no usable answer: the transport's cause, or a proxy's 407 (an ``http://`` URL)."""
+    if isinstance(exc, DefguardUnreachableError):
+        return exc.cause
+    if isinstance(exc, DefguardAPIError) and exc.status == 407:
+        return "proxy"
+    return None
+
+
 async def _defguard_group_item(clients: Clients, group_name: str) -> CheckItem:
     title = f"group {group_name!r}"
     try:
@@ -118,8 +129,11 @@ async def _defguard_group_item(clients: Clients, group_name: str) -> CheckItem:
     )
 
 
-async def check_graph(clients: Clients, group_name: str, group_source: GroupSource, items: list[CheckItem]) -> None:
-    """The Graph lines: sign-in, reading users, the Entra group, the attribute set, and the permissions."""
+async def check_graph(
+    clients: Clients, group_name: str, group_source: GroupSource, items: list[CheckItem]
+) -> GraphPrincipal | None:
+    """The Graph lines: sign-in, reading users, the Entra group, the attribute set, and the permissions; who is
+    signed in (``None`` when the sign-in failed)."""
     rest = ["graph_read_users", "graph_read_definitions", "attribute_set", "attribute_token", "attribute_url"]
     rest += [WRITE_ATTRIBUTES.key, READ_ATTRIBUTES.key] + (["group"] if group_source == "entra" else [])
 
@@ -133,30 +147,25 @@ async def check_graph(clients: Clients, group_name: str, group_source: GroupSour
     except EntraError as exc:
         items.append(
             CheckItem(
-                "graph_sign_in",
-                "Microsoft Graph sign-in",
-                CheckState.FAIL,
-                str(exc),
-                "sign in again or get a fresh token: it must be for Microsoft Graph in this tenant and cloud "
-                "(check --auth, --tenant-id, --client-id, --cloud and the AZURE_* or DEFGUARD_ENTRA_GRAPH_TOKEN "
-                "variables)",
+                "graph_sign_in", "Microsoft Graph sign-in", CheckState.FAIL, str(exc), graph_failure_hint(exc.cause)
             )
         )
         skip_rest("needs a Graph sign-in")
-        return
+        return None
     items.append(CheckItem("graph_sign_in", "Microsoft Graph sign-in", CheckState.OK, principal.describe()))
     try:
         items.append(read_users_item(await entra.can_read_users()))
         if group_source == "entra":
             items.append(await _entra_group_item(clients, group_name))
         check = await entra.check_attribute_set(clients.attribute_set)
-        items.extend(attribute_items(check, clients.attribute_set))
+        items.extend(attribute_items(check, clients.attribute_set, principal))
     except EntraError as exc:
         done = {item.key for item in items}
-        items.append(CheckItem("graph", "Microsoft Graph", CheckState.FAIL, str(exc), "try again later"))
+        hint = graph_failure_hint(exc.cause) if exc.cause else "try again later"
+        items.append(CheckItem("graph", "Microsoft Graph", CheckState.FAIL, str(exc), hint))
         rest = [k for k in rest if k not in done]
         skip_rest("Graph failed")
-        return
+        return principal
     judged = permission_item(WRITE_ATTRIBUTES, principal)
     items.append(
         attrs.evolve(
@@ -166,10 +175,14 @@ async def check_graph(clients: Clients, group_name: str, group_source: GroupSour
         )
     )
     items.append(permission_item(READ_ATTRIBUTES, principal))
+    return principal
 
 
-async def probe_item(clients: Clients, group_name: str, group_source: GroupSource) -> CheckItem:
-    """``check --probe-write``: the write probe on the first group member found in Entra."""
+async def probe_item(
+    clients: Clients, group_name: str, group_source: GroupSource, principal: GraphPrincipal | None = None
+) -> CheckItem:
+    """``check --probe-write``: the write probe on the first group member found in Entra; ``principal`` names the
+    missing Entra role when the write is refused to a user who has the scope."""
     title = f"permission to write attribute set {clients.attribute_set!r} (probed)"
     key = WRITE_ATTRIBUTES.key
     try:
@@ -180,7 +193,12 @@ async def probe_item(clients: Clients, group_name: str, group_source: GroupSourc
         await probe_write(clients, Member(None, entra=target), notes)
     except PreflightError as exc:
         return CheckItem(
-            key, title, CheckState.FAIL, str(exc).split(": grant ")[0], f"grant {WRITE_ATTRIBUTES.needs()}"
+            key,
+            title,
+            CheckState.FAIL,
+            str(exc).split(": grant ")[0],
+            missing_role_hint(principal, WRITE_ATTRIBUTES.scopes, WRITE_ATTRIBUTES.roles[0])
+            or f"grant {WRITE_ATTRIBUTES.needs()}",
         )
     except (DefguardError, EntraError) as exc:
         return CheckItem(key, title, CheckState.WARN, f"not probed: {exc}", None)

@@ -45,6 +45,7 @@ class Tenant(EmulatorServer):
         self._sets: dict[str, AttributeSet] = {}
         self._definitions: dict[str, Definition] = {}
         self._tokens: dict[str, Principal] = {}
+        self._invalid_tokens: dict[str, str] = {}  # token → Graph's 401 message (expired or revoked)
         self.admin_token = self._register(Principal("admin", self._new_id()))
 
     # -- seeding ----------------------------------------------------------------------------------------------
@@ -74,6 +75,17 @@ class Tenant(EmulatorServer):
                 name, self._new_id(), read_users, read_groups, write_attributes, read_attributes, read_definitions, user
             )
             return self._register(principal)
+
+    def invalidate_token(self, token: str, *, revoked: bool = False) -> None:
+        """From now on Graph answers ``token`` with 401: expired, or (``revoked``) revoked by continuous access
+        evaluation (a password reset, a disabled account, "Revoke sessions")."""
+        with self.lock:
+            self._invalid_tokens[token] = (
+                "Continuous access evaluation resulted in challenge with result: InteractionRequired and code: "
+                "TokenIssuedBeforeRevocationTimestamp"
+                if revoked
+                else "Lifetime validation failed, the token is expired."
+            )
 
     def add_user(
         self,
@@ -252,6 +264,8 @@ class Tenant(EmulatorServer):
             raise GraphError(
                 401, "InvalidAuthenticationToken", "Access token is empty.", {"WWW-Authenticate": WWW_AUTHENTICATE}
             )
+        if (invalid := self._invalid_tokens.get(token)) is not None:
+            raise GraphError(401, "InvalidAuthenticationToken", invalid, {"WWW-Authenticate": WWW_AUTHENTICATE})
         principal = self._tokens.get(token)
         if principal is None:
             raise GraphError(
