@@ -303,7 +303,13 @@ _CHECK_EPILOG = (
 
 def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
     g = p.add_argument_group("which group")
-    g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required)")
+    g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required, or --group-id)")
+    g.add_argument(
+        "--group-id",
+        metavar="ID",
+        help="instead of --group-name, the group's id: the Defguard group id (as GET /api/v1/group-info lists it) "
+        "or, with --group-source entra, the Entra group's object id",
+    )
     g.add_argument(
         "--group-source",
         choices=GROUP_SOURCES,
