@@ -329,6 +329,31 @@ class AsyncEntraClient:
         url = self._url("/groups", {"$filter": _odata.eq("displayName", display_name), "$select": "id,displayName"})
         return [EntraGroup.from_api(row) for row in await self._get_all(url) if "id" in row]
 
+    async def group(self, group_id: str) -> EntraGroup | None:
+        """The group with object id ``group_id`` (``GET /groups/{id}``), or ``None`` when Graph has none (404)."""
+        url = self._url(f"/groups/{quote(group_id, safe='')}", {"$select": "id,displayName"})
+        try:
+            row = await self._get_json(url)
+        except EntraAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return EntraGroup.from_api(row) if "id" in row else None
+
+    async def groups_starting_with(self, prefix: str) -> list[EntraGroup]:
+        """Up to 999 groups whose displayName starts with ``prefix`` (Graph compares case-insensitively), one page:
+        the candidates a not-found group name is compared with."""
+        url = self._url(
+            "/groups",
+            {
+                "$filter": f"startswith(displayName,{_odata.literal(prefix)})",
+                "$select": "id,displayName",
+                "$top": "999",
+            },
+        )
+        page = await self._get_json(url)
+        return [EntraGroup.from_api(row) for row in page.get("value") or [] if isinstance(row, dict) and "id" in row]
+
     async def group_members(self, group_id: str, *, transitive: bool = True) -> list[EntraUser]:
         """The users in a group (nested groups flattened when ``transitive``), each once."""
         relation = "transitiveMembers" if transitive else "members"

@@ -141,6 +141,8 @@ class EntraClient:
     can_read_users = delegated(AsyncEntraClient.can_read_users)
     find_users = delegated(AsyncEntraClient.find_users)
     find_groups = delegated(AsyncEntraClient.find_groups)
+    group = delegated(AsyncEntraClient.group)
+    groups_starting_with = delegated(AsyncEntraClient.groups_starting_with)
 
     @property
     def settings(self) -> GraphSettings:

@@ -34,6 +34,7 @@ __all__ = [
     "validate_attribute_set_name",
     "validate_defguard_url",
     "validate_graph_url",
+    "validate_group_id",
     "validate_group_name",
     "validate_seconds",
 ]
@@ -99,6 +100,26 @@ def validate_attribute_set_name(name: str) -> str:
 
 #: Longest group name accepted: far above Entra's 256-character displayName, so only pasted garbage is refused.
 GROUP_NAME_LIMIT = 1000
+#: An Entra object id: a GUID.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def validate_group_id(group_id: object, group_source: str) -> str:
+    """``group_id=`` as text: a Defguard group's id (a positive integer) or an Entra group's object id (a GUID)."""
+    if group_source == "entra":
+        if not isinstance(group_id, str) or not _GUID.fullmatch(group_id.strip()):
+            raise ConfigurationError(
+                f"group_id must be the Entra group's object id (a GUID such as 00000000-0000-0000-0000-000000000000)"
+                f", not {str(group_id)[:60]!r}: copy it from the group's overview in the Entra admin center"
+            )
+        return group_id.strip().lower()
+    text = str(group_id).strip() if isinstance(group_id, int | str) and not isinstance(group_id, bool) else ""
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise ConfigurationError(
+            f"group_id must be the Defguard group's id (a positive whole number), not {str(group_id)[:60]!r}: "
+            "the ids are listed by GET /api/v1/group-info (or pass group_source='entra' for an Entra object id)"
+        )
+    return str(int(text))
 
 
 def validate_group_name(name: str) -> str:

@@ -26,7 +26,7 @@ from azure.identity import AzureCliCredential, CredentialUnavailableError
 
 from defguard_entra._credentials import CachingCredential, sign_in_cause
 from defguard_entra.exceptions import EntraAuthError
-from defguard_entra.provisioning.checklist import DEFGUARD_FIXES, GRAPH_FIXES, graph_failure_hint
+from defguard_entra.provisioning.fixes import DEFGUARD_FIXES, GRAPH_FIXES, graph_failure_hint
 from defguard_entra.testing import GraphEmulator
 from helpers import Org, run_cli
 

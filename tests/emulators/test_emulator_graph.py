@@ -743,6 +743,29 @@ def test_groups_by_display_name_with_duplicates(api: Client, graph: GraphEmulato
     assert ok_json(api.get(f"/groups/{org['inner']}?$select=displayName"))["displayName"] == "Inner"
 
 
+def test_group_by_object_id(api: Client, graph: GraphEmulator, org: dict[str, str]) -> None:
+    """``GET /groups/{id}`` (https://learn.microsoft.com/graph/api/group-get): the group, or 404
+    ``Request_ResourceNotFound``; ids compare case-insensitively like every directory object id."""
+    body = ok_json(api.get(f"/groups/{org['dup'].upper()}", params={"$select": "id,displayName"}))
+    assert body == {
+        "@odata.context": f"{graph.url}/$metadata#groups(id,displayName)/$entity",
+        "id": org["dup"],
+        "displayName": "VPN users",
+    }
+    error_of(api.get("/groups/00000000-0000-4000-8000-000000000000"), 404, "Request_ResourceNotFound")
+    assert graph.request_counts["group-get"] == 2
+
+
+def test_groups_starting_with_compare_case_insensitively(api: Client, org: dict[str, str]) -> None:
+    """``displayName`` supports ``startsWith`` in ``$filter`` (https://learn.microsoft.com/graph/api/resources/group,
+    properties table); directory string comparisons ignore case."""
+    params = {"$filter": "startswith(displayName,'vpn')", "$select": "id,displayName", "$top": "999"}
+    body = ok_json(api.get("/groups", params=params))
+    assert [g["id"] for g in body["value"]] == [org["outer"], org["dup"]]
+    params["$filter"] = "startswith(displayName,'inn')"
+    assert [g["displayName"] for g in ok_json(api.get("/groups", params=params))["value"]] == ["Inner"]
+
+
 def test_direct_members(api: Client, org: dict[str, str]) -> None:
     body = ok_json(api.get(f"/groups/{org['outer']}/members?$select=id,mail"))
     assert body["value"] == [

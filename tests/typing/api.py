@@ -74,6 +74,9 @@ def sync_service(settings: Settings) -> Report:
         assert_type(service.status("VPN Users"), Report)
         assert_type(service.clear("VPN Users", all_members=True), Report)
         assert_type(service.check("VPN Users"), Checklist)
+        assert_type(service.status(group_id=3), Report)
+        assert_type(service.check(group_id="5f1c0000-0000-4000-8000-000000000000", group_source="entra"), Checklist)
+        service.status(group_id=3.0)  # type: ignore[arg-type]
         assert_type(service.export("VPN Users", after=report), Report)
         service.provision(group_name=42)  # type: ignore[arg-type]
         service.provision("VPN Users", "entra")  # type: ignore[call-arg]
@@ -128,6 +131,8 @@ def entra_client(settings: Settings, credential: Any) -> None:
         assert_type(entra.batch([{"id": "1", "method": "GET", "url": "/me"}]), dict[str, tuple[dict[str, Any], int]])
         assert_type(entra.find_users(["alice@example.com"]), dict[str, Match])
         assert_type(entra.find_groups("VPN Users"), list[EntraGroup])
+        assert_type(entra.group("5f1c0000-0000-4000-8000-000000000000"), EntraGroup | None)
+        assert_type(entra.groups_starting_with("VPN"), list[EntraGroup])
         assert_type(entra.check_attribute_set("Defguard"), AttributeSetCheck)
         assert_type(entra.write_attributes("Defguard", {}), dict[str, WriteResult])
         assert_type(entra.read_attributes("Defguard", ["id"], errors={}), dict[str, dict[str, Any] | None])

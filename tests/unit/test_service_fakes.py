@@ -13,6 +13,7 @@ import pytest
 
 from defguard_entra import ProvisioningService
 from defguard_entra.config import GraphSettings
+from defguard_entra.exceptions import ConfigurationError, EntraAPIError, PreflightError
 from defguard_entra.models import (
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
@@ -35,6 +36,7 @@ from defguard_entra.provisioning._ports import DefguardPort, GraphPort
 from defguard_entra.provisioning.plan import Member, Plan
 
 GROUP = "Staff"
+ENTRA_GROUP_ID = "00000000-0000-4000-8000-000000000001"
 ENROLL = "https://enroll.example.com"
 
 
@@ -123,6 +125,12 @@ class FakeGraph:
 
     async def find_groups(self, display_name: str) -> list[EntraGroup]:
         return [EntraGroup("g1", display_name)] if display_name == GROUP else []
+
+    async def group(self, group_id: str) -> EntraGroup | None:
+        return EntraGroup(group_id, GROUP) if group_id == ENTRA_GROUP_ID else None
+
+    async def groups_starting_with(self, prefix: str) -> list[EntraGroup]:
+        return [EntraGroup("g1", GROUP)] if GROUP.lower().startswith(prefix.lower()) else []
 
     async def group_members(self, group_id: str, *, transitive: bool = True) -> list[EntraUser]:
         return list(self.users)
@@ -476,3 +484,34 @@ def test_every_command_checks_its_arguments_before_asking_a_server(
     with pytest.raises(ConfigurationError, match=message):
         getattr(service, command)(arguments.pop("group_name"), **arguments)
     assert fakes[0].minted == []
+
+
+def test_a_name_not_found_suggests_through_the_ports(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService
+) -> None:
+    with pytest.raises(PreflightError, match=r"did you mean 'Staff' \(differs only in case\)\? Pass that name"):
+        service.provision("STAFF")
+    with pytest.raises(PreflightError, match=r"did you mean 'Staff' \(id g1: yours has a trailing space\)\?"):
+        service.status("Staff ", group_source="entra")
+    assert fakes[0].minted == []
+
+
+def test_a_refused_candidate_search_still_says_not_found(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(prefix: str) -> list[EntraGroup]:
+        raise EntraAPIError(403, "Authorization_RequestDenied", "Insufficient privileges", method="GET", url="/groups")
+
+    monkeypatch.setattr(fakes[1], "groups_starting_with", refused)
+    with pytest.raises(PreflightError, match=r"Entra has no group with displayName 'Staff ': check --group-name$"):
+        service.status("Staff ", group_source="entra")
+
+
+def test_group_id_through_the_ports(service: ProvisioningService) -> None:
+    report = service.status(group_id=ENTRA_GROUP_ID.upper(), group_source="entra")
+    assert report.group_name == GROUP
+    assert report.audit["group_id"] == ENTRA_GROUP_ID
+    with pytest.raises(PreflightError, match="Entra has no group with object id"):
+        service.status(group_id=ENTRA_GROUP_ID.replace("1", "2"), group_source="entra")
+    with pytest.raises(ConfigurationError, match="group_id must be the Defguard group's id"):
+        service.status(group_id=True)

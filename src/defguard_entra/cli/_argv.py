@@ -24,6 +24,8 @@ _POWERSHELL = {
     "attributesetname": ("--attribute-set-name", "-AttributeSetName"),
     "enrollmenttokenexpirationtime": ("--enrollment-token-expiration-time", "-EnrollmentTokenExpirationTime"),
 }
+#: Among several options a word starts, the one it most likely means.
+_PREFERRED = frozenset({"groupname"})
 _SINGLE_DASH = re.compile(r"-([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?", re.DOTALL)
 _DOUBLE_DASH = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)(?:([:=])(.*))?", re.DOTALL)
 #: Options whose value may start with "-" followed by a digit (no option name does): kept as the value so the
@@ -53,8 +55,8 @@ def _closest(key: str, candidates: Mapping[str, str]) -> str | None:
     if not key:
         return None
     starts = [name for name in candidates if name.startswith(key)]
-    if starts:
-        return candidates[min(starts, key=len)]
+    if starts:  # the shortest, but a bare --group means the name (not --group-id)
+        return candidates[min(starts, key=lambda name: (name not in _PREFERRED, len(name)))]
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
     return candidates[close[0]] if close else None
 

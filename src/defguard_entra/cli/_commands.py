@@ -24,7 +24,7 @@ from .._export import check_output_dir, write_export
 from .._files import outside_user_profile
 from .._redact import RedactingFilter
 from .._scopes import Command, scopes_for
-from ..config import Settings
+from ..config import Settings, validate_group_id
 from ..exceptions import ConfigurationError
 from ..models import Checklist, Report
 from ._console import Console, ProgressLine
@@ -85,15 +85,20 @@ def run(options: Options, ctx: Context) -> Result:
 @attrs.frozen
 class _Prepared:
     settings: Settings
-    group_name: str
+    group_name: str | None
     report_path: Path | None
     output_dir: Path | None
+    group_id: str | None = None
 
 
 def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
     """Settings and the output paths, validated before any request; secrets registered with the redactor."""
     settings = ctx.settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
-    if not options.group_name or not options.group_name.strip():
+    if options.group_id is not None and options.group_name is not None:
+        raise ConfigurationError("--group-name and --group-id both name the group: give one of them")
+    if options.group_id is not None:
+        validate_group_id(options.group_id, options.group_source)
+    elif not options.group_name or not options.group_name.strip():
         raise ConfigurationError(f"--group-name is required: the name of the group whose members to {options.verb}")
     options.check()
     report_path = check_report_path(options.report) if options.report else None
@@ -103,7 +108,7 @@ def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    return _Prepared(settings, options.group_name, report_path, output_dir)
+    return _Prepared(settings, options.group_name, report_path, output_dir, options.group_id)
 
 
 @contextlib.contextmanager
@@ -179,6 +184,7 @@ def _provision(
     """``provision`` of the group: the command itself, and ``export --provision`` before it exports."""
     return service.provision(
         prepared.group_name,
+        group_id=prepared.group_id,
         group_source=options.group_source,
         lifetime=prepared.settings.token_lifetime,
         enrolled=options.enrolled,
@@ -199,7 +205,11 @@ def provision(options: ProvisionOptions, ctx: Context) -> ReportRun:
 def status(options: StatusOptions, ctx: Context) -> ReportRun:
     with _session(options, ctx, scopes="status") as (service, prepared):
         report = service.status(
-            prepared.group_name, group_source=options.group_source, enrolled=options.enrolled, stop=ctx.stop
+            prepared.group_name,
+            group_id=prepared.group_id,
+            group_source=options.group_source,
+            enrolled=options.enrolled,
+            stop=ctx.stop,
         )
     report = _audited(report, options, prepared.settings, ctx.environ)
     return ReportRun(report, prepared.report_path, table=True)
@@ -209,6 +219,7 @@ def clear(options: ClearOptions, ctx: Context) -> ReportRun:
     with _session(options, ctx, scopes="clear") as (service, prepared):
         report = service.clear(
             prepared.group_name,
+            group_id=prepared.group_id,
             group_source=options.group_source,
             all_members=options.all_members,
             dry_run=options.dry_run,
@@ -221,7 +232,12 @@ def clear(options: ClearOptions, ctx: Context) -> ReportRun:
 
 def check(options: CheckOptions, ctx: Context) -> Checklist:
     with _session(options, ctx, scopes="check") as (service, prepared):
-        return service.check(prepared.group_name, group_source=options.group_source, probe_write=options.probe_write)
+        return service.check(
+            prepared.group_name,
+            group_id=prepared.group_id,
+            group_source=options.group_source,
+            probe_write=options.probe_write,
+        )
 
 
 def export(options: ExportOptions, ctx: Context, *, on_provisioned: Callable[[ReportRun], None]) -> ExportRun:
@@ -237,7 +253,11 @@ def export(options: ExportOptions, ctx: Context, *, on_provisioned: Callable[[Re
             if provisioned.fatal_error or provisioned.interrupted:
                 return ExportRun(prepared.output_dir, None, provisioned=provision_run)
         report = service.export(
-            prepared.group_name, group_source=options.group_source, enrolled=options.enrolled, after=provisioned
+            prepared.group_name,
+            group_id=prepared.group_id,
+            group_source=options.group_source,
+            enrolled=options.enrolled,
+            after=provisioned,
         )
     manifest = write_export(report, prepared.output_dir, deep_links=options.deep_links)
     outside = outside_user_profile(prepared.output_dir.absolute(), sys.platform, ctx.environ)

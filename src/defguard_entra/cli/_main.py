@@ -164,6 +164,7 @@ def _flag_url(options: Options) -> str | None:
 #: The library's messages speak of its parameters; the CLI's of the flags that set them.
 _FLAG_OF = {
     "group_name": "--group-name",
+    "group_id": "--group-id",
     "group_source": "--group-source",
     "enrolled": "--enrolled",
     "lifetime": "--enrollment-token-expiration-time",

@@ -152,6 +152,7 @@ class GroupOptions(Options):
     verb: ClassVar[str]
 
     group_name: str | None = None
+    group_id: str | None = None
     group_source: GroupSource = "defguard"
 
     def __init_subclass__(cls, *, verb: str | None = None, **kwargs: Any) -> None:

@@ -13,6 +13,20 @@ from .._version import __version__
 from ..config import DEFAULT_ATTRIBUTE_SET, AuthMode, Cloud
 from ..models import ENROLLED_POLICIES, GROUP_SOURCES, Status
 from ._console import write
+from ._help import (
+    CHECK_DESCRIPTION,
+    CHECK_EPILOG,
+    CHECK_HELP,
+    CLEAR_DESCRIPTION,
+    CLEAR_EPILOG,
+    CLEAR_HELP,
+    DEMO_EPILOG,
+    PROVISION_EPILOG,
+    STATUS_DESCRIPTION,
+    STATUS_EPILOG,
+    STATUS_HELP,
+    statuses,
+)
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "subparsers"]
 
@@ -54,11 +68,6 @@ def _shown_required(parser: argparse.ArgumentParser, render: Any) -> str:
     finally:
         for action in marked:
             action.required = False
-
-
-def _statuses(meanings: dict[Status, str]) -> str:
-    """A command's statuses for its epilog, in the one order of statuses everywhere (that of ``Status``)."""
-    return ", ".join(f"{s.value} ({meanings[s]})" if meanings[s] else s.value for s in Status if s in meanings)
 
 
 def _add_common(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
@@ -203,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mint enrollment tokens for a group and store them in Entra",
         description="Mint a Defguard enrollment token for every member of a group and store it, "
         "with the enrollment URL, in the member's Entra custom security attributes.",
-        epilog=_PROVISION_EPILOG,
+        epilog=PROVISION_EPILOG,
     )
     run = prov.add_argument_group("what to provision")
     _add_lifetime(run, "token lifetime, e.g. 24h, 1d, 2w, 90m, 1.5h (default: the server's, usually 24h)")
@@ -225,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run provision against built-in emulators (no tenant needed)",
         description="Start the Defguard and Graph emulators with a sample organisation, run "
         "provision against them over real HTTP, and explain the result.",
-        epilog=_DEMO_EPILOG,
+        epilog=DEMO_EPILOG,
         allow_abbrev=False,
     )
     demo.add_argument("--defguard-version", choices=["1.6", "2.0"], default="2.0", help="emulated Defguard line")
@@ -273,7 +282,7 @@ def _add_client_config_commands(sub: Any) -> None:
         "a share.",
         epilog="Manifest statuses: exported (a provisioning.json written, replaced or unchanged), else the "
         "member's status: "
-        + _statuses(
+        + statuses(
             dict.fromkeys(
                 (
                     Status.ALREADY_ENROLLED,
@@ -312,117 +321,16 @@ def _add_client_config_commands(sub: Any) -> None:
 
 # -- status, clear and check --------------------------------------------------------------------------------------
 
-_STATUS_HELP = "where each member stands: Defguard state, Entra match, stored attributes (read-only)"
-_STATUS_DESCRIPTION = (
-    "Show, for every member of a group, the Defguard user's state (active, enrolled), the "
-    "matching Entra user, and whether EnrollmentToken and EnrollmentUrl are stored (token masked). "
-    "Read-only."
-)
-
-_CLEAR_HELP = "set EnrollmentToken and EnrollmentUrl to null for enrolled members (or all with --all)"
-_CLEAR_DESCRIPTION = (
-    "Remove the stored enrollment token and URL (an enrollment token in a directory attribute is a "
-    "secret) for members who are already enrolled in Defguard, or for every member with --all."
-)
-
-_CHECK_HELP = "verify a setup end to end without changing anything; a fix hint for each failure"
-_CHECK_DESCRIPTION = (
-    "Check that provision can run: Defguard reachable (and its version), the API token honoured "
-    "(license), valid and an admin's, the group found and its size; Microsoft Graph sign-in, permission to "
-    "read users, the attribute set and both attributes defined as single-valued String without "
-    "predefined-values-only, and the permissions to write and read them."
-)
-
-_PROVISION_EPILOG = (
-    "Statuses: "
-    + _statuses(
-        {
-            Status.PROVISIONED: "a token minted and stored with the URL",
-            Status.ALREADY_ENROLLED: "has a device: skipped",
-            Status.DISABLED: "disabled in Defguard: skipped",
-            Status.ENTRA_DISABLED: "the Entra account is disabled: skipped",
-            Status.NO_EMAIL: "",
-            Status.NOT_FOUND: "no Entra user with that address",
-            Status.AMBIGUOUS: "",
-            Status.NOT_IN_DEFGUARD: "--group-source entra",
-            Status.FAILED: "",
-            Status.PLANNED: "--dry-run",
-            Status.EXISTING: "--only-missing: already stored",
-            Status.INTERRUPTED: "",
-        }
-    )
-    + ". Exit codes: 0 no member needs attention, 1 a member is no_email, not_found, ambiguous, not_in_defguard or "
-    "failed, 2 usage error, 3 cannot run (nothing minted), 130 interrupted (run again with --only-missing to finish)."
-)
-_DEMO_EPILOG = (
-    "The demo runs provision, so its statuses are provision's; the sample organisation has a member of each of: "
-    + _statuses(
-        dict.fromkeys(
-            (
-                Status.PROVISIONED,
-                Status.ALREADY_ENROLLED,
-                Status.DISABLED,
-                Status.NO_EMAIL,
-                Status.NOT_FOUND,
-                Status.AMBIGUOUS,
-            ),
-            "",
-        )
-    )
-    + ". Exit codes: 0 the sample organisation ended exactly as expected (provision itself exits 1 on it), 1 it did "
-    "not, 2 usage error, 3 cannot run, 130 interrupted."
-)
-_STATUS_EPILOG = (
-    "Statuses: "
-    + _statuses(
-        {
-            Status.NO_EMAIL: "",
-            Status.NOT_FOUND: "",
-            Status.AMBIGUOUS: "",
-            Status.NOT_IN_DEFGUARD: "",
-            Status.FAILED: "",
-            Status.INTERRUPTED: "",
-            Status.STALE: "a run that did not finish minted a token: what is stored may be dead",
-            Status.NOT_SET: "nothing stored, or this sign-in may not read the attributes: Graph answers both the same "
-            "way",
-            Status.SET: "EnrollmentToken and EnrollmentUrl stored",
-            Status.PARTIAL: "only one of them: provision --only-missing re-provisions it",
-        }
-    )
-    + ". The columns active and enrolled are the Defguard user's state; tokens are masked (first 4 characters). "
-    "Exit codes: 0 every member looked up, 1 some member could not be (no_email, not_found, ambiguous, "
-    "not_in_defguard, failed, stale), 2 usage error, 3 cannot run, 130 interrupted."
-)
-_CLEAR_EPILOG = (
-    "Statuses: "
-    + _statuses(
-        {
-            Status.NOT_FOUND: "also for a member without e-mail",
-            Status.AMBIGUOUS: "",
-            Status.FAILED: "",
-            Status.PLANNED: "--dry-run",
-            Status.INTERRUPTED: "",
-            Status.STALE: "",
-            Status.CLEARED: "",
-            Status.NOT_SET: "nothing stored",
-            Status.KEPT: "not enrolled in Defguard yet, without --all",
-        }
-    )
-    + ". Only EnrollmentToken and EnrollmentUrl are set to null; other attributes of the set are left alone. "
-    "Exit codes: 0 done, 1 a member is failed, not_found, ambiguous or stale, 2 usage error, 3 cannot run, "
-    "130 interrupted."
-)
-_CHECK_EPILOG = (
-    "Nothing is changed: no token is minted and no attribute written. Write (and read) permission on the "
-    "attributes is judged from the Graph access token's claims when it is a JWT (roles, scp, wids); otherwise it "
-    "is reported 'not verified' (Graph shows it only by writing). Each line is ok, FAIL (with its fix), warn (not "
-    "verified, with a hint) or skip. Exit codes: 0 ready (warnings allowed), 2 usage error, 3 not ready."
-)
-
 
 def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
     g = p.add_argument_group("which group")
-    g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required)")
+    g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required, or --group-id)")
+    g.add_argument(
+        "--group-id",
+        metavar="ID",
+        help="instead of --group-name, the group's id: the Defguard group id (as GET /api/v1/group-info lists it) "
+        "or, with --group-source entra, the Entra group's object id",
+    )
     g.add_argument(
         "--group-source",
         choices=GROUP_SOURCES,
@@ -464,14 +372,12 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool 
 
 def _add_operations_commands(sub: Any) -> None:
     status = _group_command(
-        sub, "status", "show", help=_STATUS_HELP, description=_STATUS_DESCRIPTION, epilog=_STATUS_EPILOG
+        sub, "status", "show", help=STATUS_HELP, description=STATUS_DESCRIPTION, epilog=STATUS_EPILOG
     )
     _add_enrolled(status, "judge would_mint")
     _add_tail(status, writes=False, report=True)
 
-    clear = _group_command(
-        sub, "clear", "clear", help=_CLEAR_HELP, description=_CLEAR_DESCRIPTION, epilog=_CLEAR_EPILOG
-    )
+    clear = _group_command(sub, "clear", "clear", help=CLEAR_HELP, description=CLEAR_DESCRIPTION, epilog=CLEAR_EPILOG)
     what = clear.add_argument_group("what to clear")
     what.add_argument(
         "--all",
@@ -483,9 +389,7 @@ def _add_operations_commands(sub: Any) -> None:
     what.add_argument("--dry-run", action="store_true", help="read everything, write nothing: who would be cleared")
     _add_tail(clear, writes=True, report=True, progress=True)
 
-    check = _group_command(
-        sub, "check", "check", help=_CHECK_HELP, description=_CHECK_DESCRIPTION, epilog=_CHECK_EPILOG
-    )
+    check = _group_command(sub, "check", "check", help=CHECK_HELP, description=CHECK_DESCRIPTION, epilog=CHECK_EPILOG)
     check.add_argument_group("write permission").add_argument(
         "--probe-write",
         action="store_true",

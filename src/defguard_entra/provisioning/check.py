@@ -19,35 +19,46 @@ from ..exceptions import (
     EntraError,
     PreflightError,
 )
-from ..models import CheckItem, Checklist, CheckState, DefguardDeployment, EntraUser, GraphPrincipal, GroupSource
+from ..models import (
+    CheckItem,
+    Checklist,
+    CheckState,
+    DefguardDeployment,
+    EntraGroup,
+    EntraUser,
+    GraphPrincipal,
+    GroupSource,
+)
 from ._ports import Clients
 from .checklist import (
     READ_ATTRIBUTES,
     WRITE_ATTRIBUTES,
     attribute_items,
-    defguard_reachable_item,
     defguard_token_items,
     deployment_items,
-    graph_failure_hint,
-    missing_role_hint,
     permission_item,
     read_users_item,
 )
+from .fixes import defguard_reachable_item, graph_failure_hint, missing_role_hint
 from .mint import probe_write
 from .plan import Member
 from .roster import graph_principal
+from .suggest import did_you_mean
 
 __all__ = ["check_defguard", "check_graph", "checklist", "probe_item"]
 
 
-async def checklist(clients: Clients, group_name: str, group_source: GroupSource, *, probe_write: bool) -> Checklist:
-    """Every line, Defguard's first; with ``probe_write`` the judged write permission replaced by the probe."""
+async def checklist(
+    clients: Clients, group_name: str, group_source: GroupSource, *, probe_write: bool, group_id: str | None = None
+) -> Checklist:
+    """Every line, Defguard's first; with ``probe_write`` the judged write permission replaced by the probe;
+    ``group_id``: the Entra group's object id when the group was named by it (its name may not be unique)."""
     items: list[CheckItem] = []
     version = await check_defguard(clients, group_name, group_source, items)
-    principal = await check_graph(clients, group_name, group_source, items)
+    principal = await check_graph(clients, group_name, group_source, items, group_id=group_id)
     if probe_write:
         items = [i for i in items if i.key != WRITE_ATTRIBUTES.key]
-        items.append(await probe_item(clients, group_name, group_source, principal))
+        items.append(await probe_item(clients, group_name, group_source, principal, group_id=group_id))
     return Checklist(
         tuple(items),
         group_name=group_name,
@@ -117,8 +128,9 @@ async def _defguard_group_item(clients: Clients, group_name: str) -> CheckItem:
         return CheckItem("group", title, CheckState.FAIL, str(exc), None)
     found = next((g for g in groups if g.name == group_name), None)
     if found is None:
-        similar = [g.name for g in groups if g.name.casefold() == group_name.casefold()]
-        hint = f"did you mean {similar[0]!r}? names are case-sensitive" if similar else "check --group-name"
+        ids = {g.name: str(g.id) for g in groups if g.id is not None}
+        similar = did_you_mean(group_name, [g.name for g in groups], ids=ids)
+        hint = f"{similar} Pass that name or its --group-id" if similar else "check --group-name"
         return CheckItem("group", title, CheckState.FAIL, f"Defguard has no group named {group_name!r}", hint)
     size = len(set(found.members))
     return CheckItem(
@@ -130,7 +142,12 @@ async def _defguard_group_item(clients: Clients, group_name: str) -> CheckItem:
 
 
 async def check_graph(
-    clients: Clients, group_name: str, group_source: GroupSource, items: list[CheckItem]
+    clients: Clients,
+    group_name: str,
+    group_source: GroupSource,
+    items: list[CheckItem],
+    *,
+    group_id: str | None = None,
 ) -> GraphPrincipal | None:
     """The Graph lines: sign-in, reading users, the Entra group, the attribute set, and the permissions; who is
     signed in (``None`` when the sign-in failed)."""
@@ -156,7 +173,7 @@ async def check_graph(
     try:
         items.append(read_users_item(await entra.can_read_users()))
         if group_source == "entra":
-            items.append(await _entra_group_item(clients, group_name))
+            items.append(await _entra_group_item(clients, group_name, group_id))
         check = await entra.check_attribute_set(clients.attribute_set)
         items.extend(attribute_items(check, clients.attribute_set, principal))
     except EntraError as exc:
@@ -179,14 +196,19 @@ async def check_graph(
 
 
 async def probe_item(
-    clients: Clients, group_name: str, group_source: GroupSource, principal: GraphPrincipal | None = None
+    clients: Clients,
+    group_name: str,
+    group_source: GroupSource,
+    principal: GraphPrincipal | None = None,
+    *,
+    group_id: str | None = None,
 ) -> CheckItem:
     """``check --probe-write``: the write probe on the first group member found in Entra; ``principal`` names the
     missing Entra role when the write is refused to a user who has the scope."""
     title = f"permission to write attribute set {clients.attribute_set!r} (probed)"
     key = WRITE_ATTRIBUTES.key
     try:
-        target = await _probe_target(clients, group_name, group_source)
+        target = await _probe_target(clients, group_name, group_source, group_id)
         if target is None:
             return CheckItem(key, title, CheckState.SKIP, "no group member was found in Entra to probe with")
         notes: list[str] = []
@@ -209,11 +231,13 @@ async def probe_item(
     )
 
 
-async def _probe_target(clients: Clients, group_name: str, group_source: GroupSource) -> EntraUser | None:
+async def _probe_target(
+    clients: Clients, group_name: str, group_source: GroupSource, group_id: str | None = None
+) -> EntraUser | None:
     entra = clients.entra
     if group_source == "entra":
-        groups = await entra.find_groups(group_name)
-        members = await entra.group_members(groups[0].id) if len(groups) == 1 else []
+        ids = [group_id] if group_id is not None else [g.id for g in await entra.find_groups(group_name)]
+        members = await entra.group_members(ids[0]) if len(ids) == 1 else []
         return members[0] if members else None
     group = await clients.dg(clients.defguard.find_group, group_name)
     if group is None:
@@ -226,10 +250,10 @@ async def _probe_target(clients: Clients, group_name: str, group_source: GroupSo
     return match.user
 
 
-async def _entra_group_item(clients: Clients, group_name: str) -> CheckItem:
+async def _entra_group_item(clients: Clients, group_name: str, group_id: str | None = None) -> CheckItem:
     title = f"Entra group {group_name!r}"
     try:
-        groups = await clients.entra.find_groups(group_name)
+        groups = [EntraGroup(group_id, group_name)] if group_id else await clients.entra.find_groups(group_name)
     except EntraAPIError as exc:
         if exc.status != 403:
             raise
@@ -243,8 +267,13 @@ async def _entra_group_item(clients: Clients, group_name: str) -> CheckItem:
     if not groups:
         return CheckItem("group", title, CheckState.FAIL, "no Entra group has this displayName", "check --group-name")
     if len(groups) > 1:
+        ids = ", ".join(g.id for g in groups)
         return CheckItem(
-            "group", title, CheckState.FAIL, f"{len(groups)} Entra groups have this displayName", "rename one"
+            "group",
+            title,
+            CheckState.FAIL,
+            f"{len(groups)} Entra groups have this displayName ({ids})",
+            "pass --group-id with the object id of the one you mean, or rename one",
         )
     members = await clients.entra.group_members(groups[0].id)
     size = len(members)

@@ -47,6 +47,8 @@ class Run:
     started: dt.datetime = attrs.field(factory=_now)
     notes: list[str] = attrs.field(factory=list)
     version: str | None = None
+    #: The group's id when the command was given one (``group_id=``): the group it names, whatever its name.
+    group_id: str | None = None
     _last: float = attrs.field(factory=time.monotonic, init=False)
 
     def __attrs_post_init__(self) -> None:

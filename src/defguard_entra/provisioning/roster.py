@@ -9,11 +9,12 @@ are settled *without* a token, so their previous token survives.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 
 import attrs
 
-from ..config import GRAPH_CLI_CLIENT_ID, AuthMode
-from ..exceptions import ConfigurationError, EntraAPIError, PreflightError
+from ..config import GRAPH_CLI_CLIENT_ID, AuthMode, validate_group_id
+from ..exceptions import ConfigurationError, EntraAPIError, EntraError, PreflightError
 from ..models import (
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
@@ -34,25 +35,57 @@ from .plan import (
     map_entra_members,
 )
 from .report import Run, log
+from .suggest import did_you_mean
 
-__all__ = ["checked_arguments", "graph_principal", "members", "preflight", "resolve_in_entra"]
+__all__ = [
+    "checked_arguments",
+    "graph_principal",
+    "group_name_of",
+    "members",
+    "preflight",
+    "resolve_in_entra",
+]
 
 #: Group members missing from the user list that are looked up one by one before they are reported.
 _MISSING_LOOKUPS = 100
 
 
 def checked_arguments(
-    group_name: str, group_source: str, *, enrolled: str | None = None, lifetime: object = None
+    group_name: str | None,
+    group_source: str,
+    *,
+    enrolled: str | None = None,
+    lifetime: object = None,
+    group_id: object = None,
 ) -> dt.timedelta | None:
     """Every command's arguments, checked before anything is asked of a server; the lifetime, checked."""
-    if not group_name.strip():
+    if group_id is not None and group_name is not None:
+        raise ConfigurationError("group_name and group_id both name the group: give one of them")
+    if group_id is None and (group_name is None or not group_name.strip()):
         raise ConfigurationError("group_name is empty: give the name of the group")
     if group_source not in GROUP_SOURCES:
         raise ConfigurationError(f"group_source must be 'defguard' or 'entra', not {group_source!r}")
     if enrolled is not None and enrolled not in ENROLLED_POLICIES:
         choices = ", ".join(repr(p) for p in ENROLLED_POLICIES)
         raise ConfigurationError(f"enrolled must be one of {choices}, not {enrolled!r}")
+    if group_id is not None:
+        validate_group_id(group_id, group_source)
     return _checked_lifetime(lifetime)
+
+
+async def group_name_of(clients: Clients, group_id: str, group_source: str) -> str:
+    """The name of the group ``group_id`` names (checked by :func:`~defguard_entra.config.validate_group_id`),
+    read before the run starts so that the run's lock and journal are the group's, however it was named."""
+    if group_source == "entra":
+        await clients.entra.sign_in()
+        found = await clients.entra.group(group_id)
+        if found is None:
+            raise PreflightError(f"Entra has no group with object id {group_id}: check --group-id")
+        return found.display_name
+    for group in await clients.dg(clients.defguard.groups):
+        if group.id is not None and str(group.id) == group_id:
+            return group.name
+    raise PreflightError(f"Defguard has no group with id {group_id}: check --group-id")
 
 
 def _checked_lifetime(lifetime: object) -> dt.timedelta | None:
@@ -134,25 +167,51 @@ async def preflight(clients: Clients, run: Run, *, mints: bool = False) -> list[
         raise PreflightError("; ".join(check.problems) + " (see docs/entra-setup.md)")
     run.version = server.version
     if run.group_source == "defguard":
-        return await _defguard_members(clients, run.group_name)
-    groups = await entra.find_groups(run.group_name)
-    if not groups:
-        raise PreflightError(f"Entra has no group with displayName {run.group_name!r}: check --group-name")
-    if len(groups) > 1:
-        ids = ", ".join(g.id for g in groups)
-        raise PreflightError(f"{len(groups)} Entra groups are named {run.group_name!r} ({ids}): rename one")
-    entra_members = await entra.group_members(groups[0].id)
+        return await _defguard_members(clients, run.group_name, run.group_id)
+    entra_members = await entra.group_members(run.group_id or await _entra_group_id(clients, run.group_name))
     users = await clients.dg(defguard.users)
     entra_members.sort(key=lambda u: (u.user_principal_name.lower(), u.id))
     return map_entra_members(entra_members, users.values())
 
 
-async def _defguard_members(clients: Clients, group_name: str) -> list[Member]:
-    group = await clients.dg(clients.defguard.find_group, group_name)
-    if group is None:
+async def _entra_group_id(clients: Clients, group_name: str) -> str:
+    """The object id of the one Entra group named ``group_name``; refused when none or several are."""
+    groups = await clients.entra.find_groups(group_name)
+    if len(groups) > 1:
+        ids = ", ".join(g.id for g in groups)
         raise PreflightError(
-            f"Defguard has no group named {group_name!r} (names are case-sensitive): check --group-name"
+            f"{len(groups)} Entra groups are named {group_name!r} ({ids}): pass --group-id with the object id of "
+            "the one you mean (with --group-source entra), or rename one"
         )
+    if groups:
+        return groups[0].id
+    message = f"Entra has no group with displayName {group_name!r}"
+    word = next(iter(group_name.split()), "")
+    similar: dict[str, str] = {}
+    try:  # Graph compares displayName case-insensitively: spaces and Unicode forms are what it misses
+        for prefix in dict.fromkeys(unicodedata.normalize(form, word) for form in ("NFC", "NFD") if word):
+            similar.update((g.display_name, g.id) for g in await clients.entra.groups_starting_with(prefix))
+    except EntraError as exc:
+        log.debug("no suggestions for Entra group %r: %s", group_name, exc)
+    if (suggestion := did_you_mean(group_name, similar, ids=similar)) is not None:
+        raise PreflightError(f"{message}: {suggestion} Pass that name or its --group-id")
+    raise PreflightError(f"{message}: check --group-name")
+
+
+async def _defguard_members(clients: Clients, group_name: str, group_id: str | None = None) -> list[Member]:
+    listed = await clients.dg(clients.defguard.groups)
+    if group_id is not None:
+        group = next((g for g in listed if g.id is not None and str(g.id) == group_id), None)
+        if group is None:
+            raise PreflightError(f"Defguard has no group with id {group_id} (any longer): check --group-id")
+    else:
+        group = next((g for g in listed if g.name == group_name), None)  # exactly: names are case-sensitive
+    if group is None:
+        message = f"Defguard has no group named {group_name!r} (names are case-sensitive)"
+        ids = {g.name: str(g.id) for g in listed if g.id is not None}
+        if (suggestion := did_you_mean(group_name, [g.name for g in listed], ids=ids)) is not None:
+            raise PreflightError(f"{message}: {suggestion} Pass that name or its --group-id")
+        raise PreflightError(f"{message}: check --group-name")
     users = await clients.dg(clients.defguard.users)
     missing = sorted(set(group.members) - users.keys())
     for username in missing[:_MISSING_LOOKUPS]:  # a user the unordered pages skipped, or one just added

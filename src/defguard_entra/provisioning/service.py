@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from .._scopes import COMMAND_SCOPES
 from .._sync import LoopThread, blocking
-from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for
+from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for, validate_group_id
 from ..exceptions import ServiceStateError
 from ..models import Checklist, DefguardServer, EnrolledPolicy, GroupSource, Report, Status
 from . import check as probes
@@ -180,7 +180,11 @@ class ProvisioningService:
     def _guard(self, group_name: str, group_source: GroupSource, *, write: bool) -> RunGuard:
         return run_guard(self.state_dir, self.defguard.url, group_name, group_source, write=write)
 
-    def _start(self, command: str, group_name: str, group_source: GroupSource, **audit: Any) -> Run:
+    def _start(
+        self, command: str, group_name: str, group_source: GroupSource, group_id: str | None = None, **audit: Any
+    ) -> Run:
+        if group_id is not None:
+            audit["group_id"] = group_id
         return Run(
             command,
             group_name,
@@ -190,14 +194,26 @@ class ProvisioningService:
             options=self._options,
             audit=dict(audit),
             timed=command != "export",
+            group_id=group_id,
         )
+
+    @staticmethod
+    async def _named(
+        clients: Clients, group_name: str | None, group_id: int | str | None, group_source: GroupSource
+    ) -> tuple[str, str | None]:
+        """The group's name and, when it was named by ``group_id``, its id (the name read from the server)."""
+        if group_id is None:
+            return group_name or "", None
+        checked = validate_group_id(group_id, group_source)
+        return await roster.group_name_of(clients, checked, group_source), checked
 
     # -- the commands ----------------------------------------------------------------------------------------
 
     async def aprovision(
         self,
-        group_name: str,
+        group_name: str | None = None,
         *,
+        group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
         lifetime: dt.timedelta | None = None,
         enrolled: EnrolledPolicy = "auto",
@@ -210,12 +226,20 @@ class ProvisioningService:
 
         Raises (before any token is minted) :class:`PreflightError`, :class:`DefguardError` or
         :class:`EntraError` when the run cannot start. Per-member problems are outcomes, not exceptions.
+
+        Every command names its group by ``group_name`` or, unambiguously, by ``group_id`` (one of the two): the
+        Defguard group's id (an ``int``, as ``GET /api/v1/group-info`` lists it), or with ``group_source="entra"``
+        the Entra group's object id (a GUID). A name that is not found raises :class:`PreflightError` listing
+        the closest existing names and how each differs (case, spaces, Unicode normalisation, letters).
         """
         clients = self._bind()
-        lifetime = roster.checked_arguments(group_name, group_source, enrolled=enrolled, lifetime=lifetime)
+        lifetime = roster.checked_arguments(
+            group_name, group_source, enrolled=enrolled, lifetime=lifetime, group_id=group_id
+        )
         progress = guarded_progress(progress)
-        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
-            run = self._start("provision", group_name, group_source)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        with self._guard(name, group_source, write=not dry_run) as (journal, stale):
+            run = self._start("provision", name, group_source, checked_id)
             members = await roster.members(clients, run, enrolled=enrolled, mints=True)
             if only_missing and any(m.status is None for m in members):
                 await stored.skip_existing(
@@ -245,8 +269,9 @@ class ProvisioningService:
 
     async def astatus(
         self,
-        group_name: str,
+        group_name: str | None = None,
         *,
+        group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
         enrolled: EnrolledPolicy = "auto",
         stop: threading.Event | None = None,
@@ -263,9 +288,10 @@ class ProvisioningService:
         .. versionadded:: 0.1.0
         """
         clients = self._bind()
-        roster.checked_arguments(group_name, group_source, enrolled=enrolled)
-        run = self._start("status", group_name, group_source)
-        with self._guard(group_name, group_source, write=False) as (_, stale):
+        roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        run = self._start("status", name, group_source, checked_id)
+        with self._guard(name, group_source, write=False) as (_, stale):
             members = await roster.members(clients, run, enrolled=None)
             await stored.read_values(clients, run, members, stop)
         judge_status(members, enrolled, DefguardServer(run.version or "").major, stale)
@@ -275,8 +301,9 @@ class ProvisioningService:
 
     async def aclear(
         self,
-        group_name: str,
+        group_name: str | None = None,
         *,
+        group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
         all_members: bool = False,
         dry_run: bool = False,
@@ -295,10 +322,11 @@ class ProvisioningService:
         .. versionadded:: 0.1.0
         """
         clients = self._bind()
-        roster.checked_arguments(group_name, group_source)
-        run = self._start("clear", group_name, group_source, options={"all": all_members, "dry_run": dry_run})
+        roster.checked_arguments(group_name, group_source, group_id=group_id)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        run = self._start("clear", name, group_source, checked_id, options={"all": all_members, "dry_run": dry_run})
         progress = guarded_progress(progress)
-        with self._guard(group_name, group_source, write=not dry_run) as (journal, stale):
+        with self._guard(name, group_source, write=not dry_run) as (journal, stale):
             members = await roster.members(clients, run, enrolled=None)
             await stored.read_values(clients, run, members, stop)
             todo = judge_clear(members, all_members=all_members, stale=stale)
@@ -315,7 +343,12 @@ class ProvisioningService:
     clear = blocking(aclear)
 
     async def acheck(
-        self, group_name: str, *, group_source: GroupSource = "defguard", probe_write: bool = False
+        self,
+        group_name: str | None = None,
+        *,
+        group_id: int | str | None = None,
+        group_source: GroupSource = "defguard",
+        probe_write: bool = False,
     ) -> Checklist:
         """Check a setup end to end without changing anything; every failing line carries a fix hint.
 
@@ -329,15 +362,17 @@ class ProvisioningService:
         .. versionadded:: 0.1.0
         """
         clients = self._bind()
-        roster.checked_arguments(group_name, group_source)
-        return await probes.checklist(clients, group_name, group_source, probe_write=probe_write)
+        roster.checked_arguments(group_name, group_source, group_id=group_id)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        return await probes.checklist(clients, name, group_source, probe_write=probe_write, group_id=checked_id)
 
     check = blocking(acheck)
 
     async def aexport(
         self,
-        group_name: str,
+        group_name: str | None = None,
         *,
+        group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
         enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
@@ -354,8 +389,9 @@ class ProvisioningService:
         .. versionadded:: 0.1.0
         """
         clients = self._bind()
-        roster.checked_arguments(group_name, group_source, enrolled=enrolled)
-        run = self._start("export", group_name, group_source)
+        roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        run = self._start("export", name, group_source, checked_id)
         members = await roster.members(clients, run, enrolled=enrolled)
         if after is not None:
             stored.skip_failed_in(members, after)

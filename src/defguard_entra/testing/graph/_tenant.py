@@ -133,6 +133,11 @@ class Tenant(EmulatorServer):
             self.add_members(group_id, *members)
             return group_id
 
+    def group_ids(self, display_name: str) -> list[str]:
+        """The ids of the groups whose displayName is exactly ``display_name``, in the order they were added."""
+        with self.lock:
+            return [g.id for g in self._group_order if g.display_name == display_name]
+
     def add_members(self, group_id: str, *member_ids: str) -> None:
         """Add direct members (user ids or UPNs, group ids) to a group; nesting cycles are allowed."""
         with self.lock:
