@@ -19,18 +19,16 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from .._scopes import COMMAND_SCOPES
 from .._sync import LoopThread, blocking
 from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for, validate_group_id
-from ..exceptions import ServiceStateError
 from ..models import Checklist, DefguardServer, EnrolledPolicy, GroupSource, Report, Status
 from . import check as probes
 from . import mint, roster, stored
+from ._lifecycle import ServiceLifecycle
 from ._ports import Clients
 from .journal import RunGuard, run_guard
 from .plan import Plan, judge_clear, judge_status
 from .report import Progress, Run, desktop_note, guarded_progress, log
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from .._defguard import DefguardClient
     from .._entra import AsyncEntraClient
     from ._ports import DefguardPort, GraphPort
@@ -39,10 +37,8 @@ __all__ = ["Progress", "ProvisioningService"]
 
 T = TypeVar("T")
 
-_CLOSED = "this ProvisioningService is closed: create a new one (or use it inside one with-block)"
 
-
-class ProvisioningService:
+class ProvisioningService(ServiceLifecycle):
     """Provision a group's members: mint Defguard enrollment tokens and store them in Entra.
 
     Build it with :meth:`from_settings` (it then owns and closes the clients), or pass your own
@@ -117,65 +113,6 @@ class ProvisioningService:
         )
         service._options.update(defguard_url=settings.defguard_url, graph_url=settings.graph.base_url)
         return service
-
-    # -- lifecycle -------------------------------------------------------------------------------------------
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        with self._runner_lock:
-            if self._closed:  # e.g. after ``async with``: no new loop thread that nobody would stop
-                coro.close()
-                raise ServiceStateError(_CLOSED)
-            if self._runner is None:
-                self._runner = LoopThread()
-        return self._runner.run(coro)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns:
-            await self.entra.aclose()
-            self.defguard.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self._run(self.aclose())
-        finally:
-            if self._runner is not None:
-                self._runner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def _bind(self) -> Clients:
-        """Tie the service to the event loop of its first call: its Graph client lives on that loop, so a call from
-        another one (the async forms after the sync ones, or the reverse) would fail deep inside the HTTP stack.
-        The clients, for the phases of this call."""
-        loop = asyncio.get_running_loop()
-        if self._closed:
-            raise ServiceStateError(_CLOSED)
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
-            msg = (
-                "this ProvisioningService was first used from another event loop: use one style per service, the "
-                "sync forms (provision, status, …) or the async ones (aprovision, astatus, …) on one loop; create "
-                "a new service for the other"
-            )
-            raise ServiceStateError(msg)
-        return Clients(self.defguard, self.entra, self.attribute_set, self._executor)
 
     def _guard(self, group_name: str, group_source: GroupSource, *, write: bool) -> RunGuard:
         return run_guard(self.state_dir, self.defguard.url, group_name, group_source, write=write)
