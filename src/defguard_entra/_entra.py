@@ -31,11 +31,12 @@ from msgraph_core import GraphClientFactory
 from . import _attributes, _lookup, _odata
 from ._batch import FAILED_DEPENDENCY, RETRYABLE, BatchAnswer, BatchEngine, ItemAnswers, RateLimiter
 from ._credentials import close_quietly, jwt_claims
+from ._groups import GroupQueries
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
 from .config import GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
-from .models import AttributeSetCheck, EntraGroup, EntraUser, Match, WriteResult
+from .models import AttributeSetCheck, Match, WriteResult
 
 __all__ = ["AsyncEntraClient", "AttributeSetCheck"]
 
@@ -104,7 +105,7 @@ def _request_info(method: str, url: str, body: Any, headers: Mapping[str, str] |
     return info
 
 
-class AsyncEntraClient:
+class AsyncEntraClient(GroupQueries):
     """Microsoft Graph for this tool: find users and groups, check, write and read the two attributes.
 
     Give it a credential (anything with ``get_token``; see :func:`defguard_entra._credentials.build_credential`)
@@ -321,51 +322,6 @@ class AsyncEntraClient:
         makes the address ambiguous, and an address settled at one stage is not looked up at the next.
         """
         return await _lookup.find_users(addresses, self._engine.batched, self._get_all)
-
-    # -- groups ----------------------------------------------------------------------------------------------
-
-    async def find_groups(self, display_name: str) -> list[EntraGroup]:
-        """Groups whose displayName equals ``display_name`` (names are not unique in Entra)."""
-        url = self._url("/groups", {"$filter": _odata.eq("displayName", display_name), "$select": "id,displayName"})
-        return [EntraGroup.from_api(row) for row in await self._get_all(url) if "id" in row]
-
-    async def group(self, group_id: str) -> EntraGroup | None:
-        """The group with object id ``group_id`` (``GET /groups/{id}``), or ``None`` when Graph has none (404)."""
-        url = self._url(f"/groups/{quote(group_id, safe='')}", {"$select": "id,displayName"})
-        try:
-            row = await self._get_json(url)
-        except EntraAPIError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return EntraGroup.from_api(row) if "id" in row else None
-
-    async def groups_starting_with(self, prefix: str) -> list[EntraGroup]:
-        """Up to 999 groups whose displayName starts with ``prefix`` (Graph compares case-insensitively), one page:
-        the candidates a not-found group name is compared with."""
-        url = self._url(
-            "/groups",
-            {
-                "$filter": f"startswith(displayName,{_odata.literal(prefix)})",
-                "$select": "id,displayName",
-                "$top": "999",
-            },
-        )
-        page = await self._get_json(url)
-        return [EntraGroup.from_api(row) for row in page.get("value") or [] if isinstance(row, dict) and "id" in row]
-
-    async def group_members(self, group_id: str, *, transitive: bool = True) -> list[EntraUser]:
-        """The users in a group (nested groups flattened when ``transitive``), each once."""
-        relation = "transitiveMembers" if transitive else "members"
-        url = self._url(
-            f"/groups/{quote(group_id, safe='')}/{relation}", {"$select": _lookup.USER_SELECT, "$top": "999"}
-        )
-        seen: dict[str, EntraUser] = {}
-        for row in await self._get_all(url):
-            if row.get("@odata.type", "#microsoft.graph.user") != "#microsoft.graph.user" or "id" not in row:
-                continue
-            seen.setdefault(str(row["id"]), EntraUser.from_api(row))
-        return list(seen.values())
 
     # -- custom security attributes --------------------------------------------------------------------------
 

@@ -116,9 +116,9 @@ def test_the_test_extra_installs_the_notebook_runner() -> None:
 #: ``_files``, ``_chunks`` and ``_defguard_auth`` (what Defguard's refusals of a token mean) are leaves; ``_retry``
 #: and ``_redact`` are helpers below ``config`` (which uses ``_retry``); ``_sync`` sits with the adapters, and so do
 #: the Defguard adapter's parts (``_defguard_wire`` reads answers, ``_defguard_pace`` paces and gives up) and the
-#: Graph adapter's pure parts (``_batch``, ``_lookup``, ``_attributes``, ``_odata``); ``provisioning`` (a package:
-#: its modules share one layer) reaches the clients only through its ports (checked below); ``testing`` is below
-#: only ``cli`` (its ``demo``). A new module must be placed here on purpose.
+#: Graph adapter's pure parts (``_batch``, ``_lookup``, ``_groups``, ``_attributes``, ``_odata``); ``provisioning``
+#: (a package: its modules share one layer) reaches the clients only through its ports (checked below); ``testing``
+#: is below only ``cli`` (its ``demo``). A new module must be placed here on purpose.
 LAYERS = {
     "_version": 0,
     "_files": 0,
@@ -137,6 +137,7 @@ LAYERS = {
     "_entra_sync": 4,
     "_batch": 4,
     "_lookup": 4,
+    "_groups": 4,
     "_attributes": 4,
     "_odata": 4,
     "_durations": 4,
