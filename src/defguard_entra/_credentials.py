@@ -2,44 +2,53 @@
 
 :func:`build_credential` turns :class:`~defguard_entra.config.GraphSettings` into an azure-identity credential,
 wrapped so that a token is fetched once and reused until shortly before it expires (kiota asks for a token on every
-request; ``az`` would otherwise be spawned per call). Nothing here reads ``os.environ``: the CLI hands the relevant
-variables over in ``GraphSettings.environment``.
+request). :class:`AsyncCredential` gives kiota and the client an awaitable ``get_token`` over it, or over a
+caller's ``AsyncTokenCredential``: a cached token comes back at once, a refresh runs in a worker thread so that it
+never blocks the event loop. Nothing here reads ``os.environ``: the CLI hands the relevant variables over in
+``GraphSettings.environment`` (azure-identity's managed identity reads ``os.environ`` itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import inspect
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.credentials import AccessToken, TokenCredential
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from azure.core.exceptions import ClientAuthenticationError
 
+from ._sign_in_errors import connection_cause, sign_in_cause, sign_in_error
 from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
-from .exceptions import ConfigurationError, EntraAuthError
+from .exceptions import ConfigurationError
 from .models import Secret
 
 __all__ = [
     "APP_ONLY_MODES",
+    "AsyncCredential",
     "CachingCredential",
     "StaticTokenCredential",
     "build_credential",
     "close_quietly",
     "connection_cause",
     "graph_scopes",
+    "is_async_credential",
     "jwt_claims",
     "sign_in_cause",
 ]
 
 log = logging.getLogger(__name__)
 
-APP_ONLY_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY, AuthMode.AZURE_CLI, AuthMode.TOKEN})
+APP_ONLY_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY, AuthMode.TOKEN})
 _CACHE_NAME = "defguard-entra"
 _REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
+T = TypeVar("T")
 
 
 class StaticTokenCredential:
@@ -56,38 +65,41 @@ class StaticTokenCredential:
         return "StaticTokenCredential(***)"
 
 
+def _fresh(token: AccessToken | None, claims: object) -> AccessToken | None:
+    """``token`` while it has more than the refresh margin left (and no claims challenge asks for a new one)."""
+    if token is not None and not claims and token.expires_on - _REFRESH_MARGIN > time.time():
+        return token
+    return None
+
+
 class CachingCredential:
     """Wrap any ``get_token`` credential: one token per scope set, renewed 5 minutes before it expires.
 
-    Thread-safe; errors from the wrapped credential become :class:`EntraAuthError` with a one-line message.
+    Thread-safe; whatever the wrapped credential raises (``ClientAuthenticationError``, ``ValueError``,
+    ``ServiceRequestError``, …) becomes one :class:`EntraAuthError` line with its cause and fix. ``where`` names
+    the endpoint a transport failure could not reach.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, where: str = "the Microsoft Entra sign-in endpoint") -> None:
         self.inner = inner
+        self.where = where
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], AccessToken] = {}
 
+    def cached(self, *scopes: str, **kwargs: Any) -> AccessToken | None:
+        """The cached token for ``scopes`` when it is still fresh, else ``None`` (never calls the credential)."""
+        return _fresh(self._cache.get(tuple(sorted(scopes))), kwargs.get("claims"))
+
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         key = tuple(sorted(scopes))
-        claims = kwargs.get("claims")
         with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and not claims and cached.expires_on - _REFRESH_MARGIN > time.time():
+            cached = _fresh(self._cache.get(key), kwargs.get("claims"))
+            if cached is not None:
                 return cached
             try:
                 token: AccessToken = self.inner.get_token(*scopes, **kwargs)
-            except ClientAuthenticationError as exc:
-                # Also CredentialUnavailableError (a subclass): nothing to try (``az`` missing, not signed in);
-                # otherwise Entra's refusal, its AADSTS code in the message.
-                text = exc.message or str(exc)
-                raise EntraAuthError(
-                    f"Microsoft Entra sign-in failed: {_first_line(text)}", cause=sign_in_cause(text)
-                ) from None
-            except ServiceRequestError as exc:  # no answer from the sign-in endpoint (azure-core's transport)
-                text = _first_line(str(exc))
-                raise EntraAuthError(
-                    f"cannot reach the Microsoft Entra sign-in endpoint: {text}", cause=connection_cause(text)
-                ) from None
+            except Exception as exc:  # noqa: BLE001 - every SDK failure becomes one line (never an interrupt)
+                raise sign_in_error(exc, where=self.where) from None
             self._cache[key] = token
             return token
 
@@ -96,6 +108,89 @@ class CachingCredential:
 
     def __repr__(self) -> str:
         return f"CachingCredential({type(self.inner).__name__})"
+
+
+def is_async_credential(credential: Any) -> bool:
+    """Whether ``credential.get_token`` is a coroutine function (an ``AsyncTokenCredential``)."""
+    return inspect.iscoroutinefunction(getattr(credential, "get_token", None))
+
+
+async def off_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function(*args, **kwargs)`` in a daemon thread of its own, awaited without blocking the event loop.
+
+    Not ``asyncio.to_thread``: its pool threads are joined when the loop shuts down and when the interpreter
+    exits, so an abandoned interactive sign-in (Ctrl-C) would hold the process until its 300 s timeout. Cancelling
+    the await abandons the call; its result, if it ever comes, is dropped."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=work, daemon=True, name="entra-sign-in").start()
+    return await future
+
+
+class AsyncCredential:
+    """An awaitable ``get_token`` (what kiota's ``AzureIdentityAccessTokenProvider`` awaits when the result is
+    awaitable) over a sync credential or an ``azure.core.credentials_async.AsyncTokenCredential``.
+
+    A sync credential is wrapped in :class:`CachingCredential` (unless it is one): a fresh cached token returns at
+    once, a refresh runs in a worker thread (:func:`off_loop`). An async credential is awaited; its errors become
+    :class:`EntraAuthError` lines too. ``owns``: :meth:`close` closes the wrapped credential (only ours are).
+    """
+
+    def __init__(self, inner: Any, *, owns: bool = False) -> None:
+        self.is_async = is_async_credential(inner)
+        self._sync = None if self.is_async or isinstance(inner, CachingCredential) else CachingCredential(inner)
+        self.inner = inner
+        self._owns = owns
+        self._cache: dict[tuple[str, ...], AccessToken] = {}
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        if not self.is_async:
+            sync: CachingCredential = self._sync or self.inner
+            cached = sync.cached(*scopes, **kwargs)
+            return cached if cached is not None else await off_loop(sync.get_token, *scopes, **kwargs)
+        key = tuple(sorted(scopes))
+        fresh = _fresh(self._cache.get(key), kwargs.get("claims"))
+        if fresh is not None:
+            return fresh
+        try:
+            token: AccessToken = await self.inner.get_token(*scopes, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes one line
+            raise sign_in_error(exc) from None
+        self._cache[key] = token
+        return token
+
+    async def close(self) -> None:
+        """Close the wrapped credential when it is ours (``owns``); a borrowed one is left open."""
+        if not self._owns:
+            return
+        self._owns = False
+        if self.is_async:
+            close = getattr(self.inner, "close", None)
+            if callable(close):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        else:
+            close_quietly(self.inner)
+
+    def __repr__(self) -> str:
+        return f"AsyncCredential({self.inner!r})"
 
 
 def graph_scopes(settings: GraphSettings, delegated: Sequence[str]) -> list[str]:
@@ -111,76 +206,91 @@ def build_credential(
     *,
     prompt: Callable[[str], None] | None = None,
 ) -> CachingCredential:
-    """The credential for ``settings.auth``; ``prompt`` shows device-code instructions (the library never prints)."""
-    mode = settings.resolved_auth()
-    if mode is AuthMode.TOKEN:
-        if not settings.static_token:
-            raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
+    """The credential for ``settings.auth``; ``prompt`` shows device-code instructions (the library never prints).
+
+    Raises :class:`ConfigurationError` for missing settings and :class:`EntraAuthError` for what azure-identity
+    refuses while building the credential (a tenant id with invalid characters, a certificate it cannot read)."""
+    mode = settings.validate().resolved_auth()  # refuses azure-cli, and token without one
+    if mode is AuthMode.TOKEN and settings.static_token is not None:
         return CachingCredential(StaticTokenCredential(settings.static_token))
 
     import azure.identity as ai  # noqa: PLC0415 - 0.35 s: only when a command signs in
 
+    try:
+        if mode is AuthMode.ENVIRONMENT:
+            return CachingCredential(_service_principal(ai, settings))
+        if mode is AuthMode.MANAGED_IDENTITY:
+            env = settings.environment
+            endpoint = env.get("IDENTITY_ENDPOINT") or env.get("MSI_ENDPOINT")
+            where = f"the managed-identity endpoint {endpoint}" if endpoint else "the managed-identity endpoint (IMDS)"
+            inner = (
+                ai.ManagedIdentityCredential(client_id=settings.client_id)
+                if settings.client_id
+                else ai.ManagedIdentityCredential()
+            )
+            return CachingCredential(inner, where=where)
+        return CachingCredential(user_credential(ai, settings, mode, prompt))
+    except (ConfigurationError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - what azure-identity refuses at construction: one line
+        raise sign_in_error(exc) from None
+
+
+def _service_principal(ai: Any, settings: GraphSettings) -> TokenCredential:
+    """``--auth environment``: a client secret, a certificate, or workload identity's federated token file."""
     authority = settings.cloud.authority
     env = settings.environment
     tenant = settings.tenant_id or env.get("AZURE_TENANT_ID")
-    inner: TokenCredential
-    if mode is AuthMode.ENVIRONMENT:
-        client_id = settings.client_id or env.get("AZURE_CLIENT_ID")
-        if not (tenant and client_id):
-            raise ConfigurationError(
-                "--auth environment needs AZURE_TENANT_ID and AZURE_CLIENT_ID (or --tenant-id/--client-id) plus "
-                "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
-            )
-        if settings.client_secret:
-            inner = ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, authority=authority)
-        elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
-            inner = ai.CertificateCredential(
-                tenant,
-                client_id,
-                env["AZURE_CLIENT_CERTIFICATE_PATH"],
-                password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
-                authority=authority,
-            )
-        elif env.get("AZURE_FEDERATED_TOKEN_FILE"):
-            inner = ai.WorkloadIdentityCredential(
-                tenant_id=tenant,
-                client_id=client_id,
-                token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
-                authority=authority,
-            )
-        else:
-            raise ConfigurationError(
-                "--auth environment needs AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
-                "AZURE_FEDERATED_TOKEN_FILE"
-            )
-    elif mode is AuthMode.MANAGED_IDENTITY:
-        inner = (
-            ai.ManagedIdentityCredential(client_id=settings.client_id)
-            if settings.client_id
-            else ai.ManagedIdentityCredential()
+    client_id = settings.client_id or env.get("AZURE_CLIENT_ID")
+    if not (tenant and client_id):
+        raise ConfigurationError(
+            "--auth environment needs AZURE_TENANT_ID and AZURE_CLIENT_ID (or --tenant-id/--client-id) plus "
+            "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
         )
-    elif mode is AuthMode.AZURE_CLI:
-        inner = ai.AzureCliCredential(tenant_id=tenant) if tenant else ai.AzureCliCredential()
-    else:
-        client_id = settings.client_id or GRAPH_CLI_CLIENT_ID
-        common: dict[str, Any] = {
-            "client_id": client_id,
-            "tenant_id": tenant or "organizations",
-            "authority": authority,
-        }
-        device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
+    if settings.client_secret:
+        return ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, authority=authority)  # type: ignore[no-any-return]
+    if env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
+        return ai.CertificateCredential(  # type: ignore[no-any-return]
+            tenant,
+            client_id,
+            env["AZURE_CLIENT_CERTIFICATE_PATH"],
+            password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            authority=authority,
+        )
+    if env.get("AZURE_FEDERATED_TOKEN_FILE"):
+        return ai.WorkloadIdentityCredential(  # type: ignore[no-any-return]
+            tenant_id=tenant,
+            client_id=client_id,
+            token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
+            authority=authority,
+        )
+    raise ConfigurationError(
+        "--auth environment needs AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
+    )
 
-        def user_credential(persist: bool) -> Any:
-            options = dict(common)
-            if persist:
-                options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
-            device = _device_code(ai, options, prompt)
-            return (
-                device if device_only else ai.ChainedTokenCredential(ai.InteractiveBrowserCredential(**options), device)
-            )
 
-        inner = MemoryCacheFallback(user_credential) if settings.token_cache else user_credential(False)
-    return CachingCredential(inner)
+def user_credential(
+    ai: Any, settings: GraphSettings, mode: AuthMode, prompt: Callable[[str], None] | None
+) -> TokenCredential:
+    """The one place the user's sign-in is built (interactive, device code): the browser, then the device code
+    where no browser can open (SSH, Linux without a display), with the persistent token cache where the platform
+    encrypts it (:class:`MemoryCacheFallback`)."""
+    env = settings.environment
+    common: dict[str, Any] = {
+        "client_id": settings.client_id or GRAPH_CLI_CLIENT_ID,
+        "tenant_id": settings.tenant_id or env.get("AZURE_TENANT_ID") or "organizations",
+        "authority": settings.cloud.authority,
+    }
+    device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
+
+    def make(persist: bool) -> Any:
+        options = dict(common)
+        if persist:
+            options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
+        device = _device_code(ai, options, prompt)
+        return device if device_only else ai.ChainedTokenCredential(ai.InteractiveBrowserCredential(**options), device)
+
+    return MemoryCacheFallback(make) if settings.token_cache else make(False)
 
 
 def _device_code(ai: Any, common: dict[str, Any], prompt: Callable[[str], None] | None) -> Any:
@@ -216,7 +326,10 @@ class MemoryCacheFallback:
         except (ValueError, ClientAuthenticationError) as exc:
             if not self.persistent or _NO_ENCRYPTION not in str(exc):
                 raise
-            log.info("no encrypted token cache on this system: sign-in will not be remembered between runs")
+            log.warning(
+                "sign-in cannot be remembered on this system: there is no encrypted token store (libsecret with a "
+                "running keyring, i.e. a desktop session); tokens are kept in memory for this run only"
+            )
             close_quietly(self._inner)
             self._inner = self._make(False)
             self.persistent = False
@@ -241,62 +354,6 @@ def _headless(env: Any) -> bool:
     if env.get("SSH_CONNECTION"):
         return True
     return sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
-
-
-#: AADSTS codes by cause (Microsoft Learn, "Microsoft Entra authentication and authorization error codes").
-_CONSENT_CODES = ("AADSTS65001", "AADSTS65004", "AADSTS90094", "AADSTS90095", "AADSTS650056", "AADSTS650057")
-_TOKEN_CODES = (
-    "AADSTS50132",  # session revoked: password changed or expired
-    "AADSTS50133",
-    "AADSTS50173",  # grant expired: revoked or password changed
-    "AADSTS70043",  # refresh token expired (sign-in frequency)
-    "AADSTS700082",  # refresh token expired after inactivity
-    "AADSTS700084",
-    "AADSTS7000215",  # invalid client secret
-    "AADSTS7000222",  # client secret expired
-)
-_TOOL_MESSAGES = ("not found on path", "is not recognized", "failed to execute", "failed to invoke")
-_SIGNED_OUT_MESSAGES = ("az login", "no accounts were found", "expired")  # AzureCliCredential, MSAL's cache
-
-
-def sign_in_cause(message: str) -> str | None:
-    """What an azure-identity/MSAL error message says went wrong (a cause of :class:`EntraError`), or ``None``.
-
-    Read from the message because that is all azure-identity keeps: the AADSTS code Entra sent, or the fixed texts
-    of ``AzureCliCredential`` ("Azure CLI not found on path", "Please run 'az login'…"). Codes not listed give
-    ``None`` (the generic hint); see docs/reference/sign-in-errors.md.
-    """
-    text = message.lower()
-    if any(code.lower() in text for code in _CONSENT_CODES) or "consent" in text:
-        return "consent"
-    if any(code.lower() in text for code in _TOKEN_CODES):
-        return "token"
-    if any(words in text for words in _TOOL_MESSAGES):
-        return "tool"
-    if any(words in text for words in _SIGNED_OUT_MESSAGES):
-        return "token"
-    if "aadsts" in text:
-        return None
-    return connection_cause(message) if _looks_like_network(text) else None
-
-
-def connection_cause(message: str) -> str:
-    """A transport failure's message → ``proxy``, ``tls`` or ``unreachable``."""
-    text = message.lower()
-    if "proxy" in text or "407" in text or "tunnel" in text:
-        return "proxy"
-    if "ssl" in text or "certificate" in text or "tls" in text:
-        return "tls"
-    return "unreachable"
-
-
-def _looks_like_network(text: str) -> bool:
-    words = ("connection", "timed out", "name resolution", "getaddrinfo", "ssl", "certificate", "proxy", "tunnel")
-    return any(word in text for word in words)
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "unknown error"
 
 
 def jwt_claims(token: str) -> dict[str, Any] | None:

@@ -260,7 +260,7 @@ def require_user_sign_in(settings: GraphSettings) -> None:
     if mode in _APPLICATION_MODES:
         raise ConfigurationError(
             f"fetch-config reads the signed-in user's own attributes, but --auth {mode.value} signs in as an "
-            "application (no /me): use --auth interactive, device-code or azure-cli, or export for an admin-side "
+            "application (no /me): use --auth interactive or device-code, or export for an admin-side "
             "roll-out"
         )
 

@@ -10,7 +10,6 @@ mechanism, not two.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from msgraph_core import GraphClientFactory
 
 from . import _attributes, _lookup, _odata
 from ._batch import FAILED_DEPENDENCY, RETRYABLE, BatchAnswer, BatchEngine, ItemAnswers, RateLimiter
-from ._credentials import close_quietly, jwt_claims
+from ._credentials import AsyncCredential, close_quietly, jwt_claims
 from ._groups import GroupQueries
 from ._retry import Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
@@ -108,8 +107,11 @@ def _request_info(method: str, url: str, body: Any, headers: Mapping[str, str] |
 class AsyncEntraClient(GroupQueries):
     """Microsoft Graph for this tool: find users and groups, check, write and read the two attributes.
 
-    Give it a credential (anything with ``get_token``; see :func:`defguard_entra._credentials.build_credential`)
-    and the :class:`GraphSettings`; ``http_client`` may be injected (we then do not close it). Use ``async with``.
+    Give it a credential and the :class:`GraphSettings`: an ``azure.identity`` credential (sync, or async from
+    ``azure.identity.aio``), any ``TokenCredential`` or ``AsyncTokenCredential`` (see
+    :func:`defguard_entra._credentials.build_credential`). A sync credential's token refreshes run in a worker
+    thread, never on the event loop. The credential is borrowed unless ``owns_credential``; ``http_client`` may be
+    injected (we then do not close it). Use ``async with``.
     """
 
     def __init__(
@@ -127,8 +129,8 @@ class AsyncEntraClient(GroupQueries):
     ) -> None:
         self.settings = settings
         self.base_url = settings.base_url
-        self._credential = credential
-        self._owns_credential = owns_credential
+        #: What kiota and :meth:`sign_in` await: cached tokens at once, refreshes off the loop.
+        self._credential = AsyncCredential(credential, owns=owns_credential)
         self._owns_http = http_client is None
         # msgraph-core's AsyncGraphTransport wraps the client's transport but has no aclose(), so closing the
         # client leaks its connections: keep our own transport and close it ourselves.
@@ -138,7 +140,7 @@ class AsyncEntraClient(GroupQueries):
             http_client = _http_client(settings, self._transport, timeout)
         self._http = http_client
         self._scopes = list(scopes) if scopes else [f"{settings.resource}/.default"]
-        self._adapter = _request_adapter(settings, credential, self._scopes, http_client)
+        self._adapter = _request_adapter(settings, self._credential, self._scopes, http_client)
         self.retry = retry if retry is not None else RetryPolicy()
         self.limiter = RateLimiter(write_rate)
         self.stats: dict[str, int] = {"requests": 0, "throttled": 0, "retries": 0}
@@ -189,9 +191,7 @@ class AsyncEntraClient(GroupQueries):
             await self._http.aclose()
             if self._transport is not None:
                 await self._transport.aclose()
-        if self._owns_credential:
-            self._owns_credential = False
-            close_quietly(self._credential)
+        await self._credential.close()  # only when it is ours
 
     async def __aenter__(self) -> Self:
         return self
@@ -202,8 +202,11 @@ class AsyncEntraClient(GroupQueries):
     # -- sign-in ---------------------------------------------------------------------------------------------
 
     async def sign_in(self) -> None:
-        """Acquire the first access token now (prompts happen here, before any work fans out)."""
-        await asyncio.to_thread(self._credential.get_token, *self._scopes, enable_cae=True)
+        """Acquire the first access token now (prompts happen here, before any work fans out).
+
+        A sync credential signs in in a worker thread of its own, so the event loop goes on and a cancelled call
+        (Ctrl-C) returns at once; an async one is awaited."""
+        await self._credential.get_token(*self._scopes, enable_cae=True)
 
     async def me(self) -> dict[str, Any]:
         """The signed-in user (delegated sign-in only)."""
@@ -394,5 +397,5 @@ class AsyncEntraClient(GroupQueries):
         """The access token's claims (``scp``, ``roles``, ``wids``, ``appid``, ``upn`` …) when it is a JWT, else
         ``None``. Graph tokens are opaque to clients by contract, so the claims are a hint of what Graph will
         allow, never a proof; nothing is verified and the token itself never leaves this method."""
-        token = await asyncio.to_thread(self._credential.get_token, *self._scopes, enable_cae=True)
+        token = await self._credential.get_token(*self._scopes, enable_cae=True)
         return jwt_claims(str(token.token))

@@ -18,11 +18,25 @@ __all__ = ["RedactingFilter", "secrets_in_argv"]
 #: (``=``, ``:``, quotes, a space, ``/``), as in ``token=…``, ``"enrollment_token": "…"``, ``/enrollment/…``. Anywhere
 #: else a 32-character word is shown: a group or user may be named so (known secrets are masked wherever they are).
 _CONTEXT = r"\b\w*(?:token|enrol|secret|passw|pwd|key|credential|bearer)\w*[\s:=\"'/]{0,4}"
+#: The OAuth fields that carry a secret, whatever their format (``key=value`` or ``"key": "value"``).
+_OAUTH_KEYS = (
+    "code_verifier|code_challenge|device_code|user_code|refresh_token|access_token|id_token|client_assertion"
+    "|client_secret|assertion|password"
+)
 _PATTERNS = (
     re.compile(r"\bdg-[A-Za-z0-9]{32}\b"),  # Defguard API tokens: the prefix is the context
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),  # Authorization headers
     re.compile(rf"(?i)({_CONTEXT})[A-Za-z0-9]{{32}}\b"),  # Defguard enrollment tokens, where named as such
     re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWT access tokens
+    # OAuth values in MSAL's debug lines (msal 1.39): its token-cache event (``"data": {"code": …,
+    # "code_verifier": …, "device_code": …}``, JSON), the redirect it receives (``Got auth response: {'code': …}``, a
+    # dict, and the local server's request line ``GET /?code=…&state=…``), and forms and URLs in general.
+    re.compile(rf"(?i)(\b(?:{_OAUTH_KEYS})=)[^&\s\"',;]+"),
+    re.compile(rf"""(?i)(["'](?:{_OAUTH_KEYS})["']\s*:\s*["'])[^"']+"""),
+    # ``code`` alone is also an OData error's field ("Request_ResourceNotFound"): masked when it looks like an
+    # authorization code (16 characters or more, with a digit, a dot or a dash).
+    re.compile(r"(\bcode=)(?=[^&\s\"',;]{16})(?=[^&\s\"',;]*[\d.\-])[^&\s\"',;]+"),
+    re.compile(r"""(["']code["']\s*:\s*["'])(?=[^"']{16})(?=[^"']*[\d.\-])[^"']+"""),
 )
 #: Words that could be a live :class:`~defguard_entra.models.Secret` (a minted or stored token, a key): each is
 #: masked when it is one, wherever it stands.

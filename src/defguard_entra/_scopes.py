@@ -13,16 +13,17 @@ from typing import Literal
 
 from .models import GroupSource
 
-__all__ = ["COMMAND_SCOPES", "GROUP_SCOPES", "Command", "scopes_for"]
+__all__ = ["COMMAND_SCOPES", "GROUP_SCOPES", "OPTIONAL_SCOPES", "Command", "scopes_for"]
 
 Command = Literal["provision", "status", "clear", "check", "export", "fetch-config"]
 
-_READ_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All", "CustomSecAttributeDefinition.Read.All")
-_WRITE_ATTRIBUTES = (
-    "User.Read.All",
-    "CustomSecAttributeAssignment.ReadWrite.All",
-    "CustomSecAttributeDefinition.Read.All",
-)
+_READ_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All")
+_WRITE_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.ReadWrite.All")
+#: Optional, never asked for: with it (consented, and the Attribute Definition Reader role) the attribute set's
+#: definitions are checked; without, the run goes on with a note. Entra puts every scope of the resource that was
+#: consented into the token whatever the request names (docs/entra-setup.md), so a tenant that consented it still
+#: gets the check.
+OPTIONAL_SCOPES = ("CustomSecAttributeDefinition.Read.All",)
 
 #: Per command: ``provision`` finds users, checks the attribute set, writes and reads the pair; ``clear`` writes
 #: nulls; ``check`` asks for what ``provision`` will need so that it tests the same sign-in; ``status`` and

@@ -15,6 +15,7 @@ threads and notebooks alike (the same idea as anyio's blocking portal, ``anyio/f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import threading
@@ -29,6 +30,8 @@ R = TypeVar("R")
 P = ParamSpec("P")
 A_co = TypeVar("A_co", covariant=True)
 A = TypeVar("A")
+#: How long the caller's thread waits at a time for the loop's answer (seconds; signals are handled in between).
+_WAIT_SLICE = 0.25
 
 
 class Bridged(Protocol):
@@ -151,6 +154,10 @@ class LoopThread:
             raise RuntimeError(msg)
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
+            # Waited in slices: a lock wait without a timeout is not interrupted by Ctrl-C on Windows, and the
+            # main thread must stay interruptible (a sign-in waiting for the user, a slow Graph).
+            while not concurrent.futures.wait([future], timeout=_WAIT_SLICE).done:
+                pass
             return future.result()
         except BaseException:
             future.cancel()

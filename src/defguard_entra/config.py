@@ -295,7 +295,10 @@ class GraphSettings:
         return f"{parts.scheme}://{parts.netloc}"
 
     def resolved_auth(self) -> AuthMode:
-        """``auto`` made concrete: a static token, else a service principal from ``AZURE_*``, else interactive."""
+        """``auto`` made concrete: a static token, else a service principal from ``AZURE_*``, else the platform's
+        managed identity where the platform announces one (``IDENTITY_ENDPOINT``: App Service, Functions, Container
+        Apps, Arc; ``MSI_ENDPOINT``: Cloud Shell, older App Service), else interactive. No IMDS probe: a VM has no
+        such variable and a probe is a network wait on every other machine (pass ``managed-identity`` there)."""
         if self.auth is not AuthMode.AUTO:
             return self.auth
         if self.static_token:
@@ -309,6 +312,8 @@ class GraphSettings:
             )
         ):
             return AuthMode.ENVIRONMENT
+        if env.get("IDENTITY_ENDPOINT") or env.get("MSI_ENDPOINT"):
+            return AuthMode.MANAGED_IDENTITY
         return AuthMode.INTERACTIVE
 
     def validate(self) -> Self:
@@ -317,7 +322,19 @@ class GraphSettings:
         mode = self.resolved_auth()
         if mode is AuthMode.TOKEN and not self.static_token:
             raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
+        if mode is AuthMode.AZURE_CLI:
+            raise ConfigurationError(_AZURE_CLI_REFUSAL)
         return self
+
+
+#: Why ``--auth azure-cli`` is refused (docs/entra-setup.md, "Sign-in modes"): every command reads or writes the
+#: custom security attributes, and the Azure CLI's first-party app cannot be granted those permissions.
+_AZURE_CLI_REFUSAL = (
+    "--auth azure-cli cannot be used: the Azure CLI's own app cannot be granted the "
+    "CustomSecAttributeAssignment permissions every command needs (Microsoft fixes that app's Graph permissions, "
+    "and Directory.* does not cover custom security attributes); use --auth interactive or device-code to sign in "
+    "as yourself, or --auth environment or managed-identity for an app"
+)
 
 
 def _retry_default() -> RetryPolicy:

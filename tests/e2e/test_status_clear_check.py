@@ -316,7 +316,7 @@ def _broken(org: Org, setup: str) -> tuple[dict[str, str], list[str], str | None
         group = "vpn users"
     elif setup == "graph-token":
         env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = "not-a-real-token"
-    elif setup in {"no-read-users", "no-read-definitions", "no-read-groups"}:
+    elif setup in {"no-read-users", "no-read-groups"}:
         permission = setup.removeprefix("no-").replace("-", "_")
         env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = graph.add_principal("limited", **{permission: False})
         extra = ["--group-source", "entra"] if setup == "no-read-groups" else []
@@ -352,15 +352,6 @@ def _broken(org: Org, setup: str) -> tuple[dict[str, str], list[str], str | None
         ("graph-token", "Microsoft Graph sign-in", "Graph refused the access token", "fresh token"),
         ("no-read-users", "permission to read users", "403", "User.Read.All"),
         ("no-read-groups", "Entra group 'VPN Users'", "403", "GroupMember.Read.All"),
-        (
-            "no-read-definitions",
-            "permission to read attribute definitions",
-            "403",
-            (
-                "CustomSecAttributeDefinition.Read.All (application permission, or delegated scope plus the Entra role "
-                "Attribute Definition Reader)"
-            ),
-        ),
         ("no-set", "attribute set 'Missing'", "no attribute set 'Missing'", "create the attribute set Missing"),
         ("attribute-missing", "Broken.EnrollmentUrl", "not defined", "add the attribute EnrollmentUrl"),
         ("integer", "Broken.EnrollmentToken", "has type Integer", "in a new attribute set"),

@@ -133,6 +133,7 @@ LAYERS = {
     "_defguard_wire": 4,
     "_defguard_pace": 4,
     "_credentials": 4,
+    "_sign_in_errors": 4,
     "_entra": 4,
     "_entra_sync": 4,
     "_batch": 4,

@@ -24,10 +24,10 @@ from .._export import check_output_dir, write_export
 from .._files import outside_user_profile
 from .._redact import RedactingFilter
 from .._scopes import Command, scopes_for
-from ..config import Settings, validate_group_id
-from ..exceptions import ConfigurationError
+from ..config import AuthMode, GraphSettings, Settings, validate_group_id
+from ..exceptions import ConfigurationError, EntraAuthError
 from ..models import Checklist, Report
-from ._console import Console, ProgressLine
+from ._console import Console, ProgressLine, interrupted_at_once
 from ._options import (
     CheckOptions,
     ClearOptions,
@@ -117,15 +117,46 @@ def _session(
 ) -> Iterator[tuple[ProvisioningService, _Prepared]]:
     """:func:`_prepare`, then the service, signed in to Graph with the scopes of the command ``scopes``."""
     prepared = _prepare(options, ctx)
+    require_terminal_to_prompt(prepared.settings.graph, ctx)
     from ..provisioning import ProvisioningService  # noqa: PLC0415 - the HTTP and Microsoft stacks load only to run
 
     with ProvisioningService.from_settings(
         prepared.settings,
-        prompt=ctx.console.info,
+        prompt=ctx.console.notice,  # the device-code instructions: shown with -q too
         delegated_scopes=scopes_for(scopes, options.group_source),
         state_dir=state_dir(ctx.environ),
     ) as service:
+        if options.graceful:  # sign in first, where Ctrl-C stops at once (it has nothing in flight to finish)
+            with interrupted_at_once():
+                service.sign_in()
         yield service, prepared
+
+
+#: The sign-in modes that may prompt (a browser, or a device code to enter).
+_PROMPTING = frozenset({AuthMode.INTERACTIVE, AuthMode.DEVICE_CODE})
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def require_terminal_to_prompt(graph: GraphSettings, ctx: Context) -> None:
+    """No sign-in prompt without someone to answer it: an interactive or device-code sign-in (also ``auto`` when it
+    comes to that) needs a terminal on stdin and stderr; otherwise fail at once, before any request, naming the
+    modes that need nobody (an unattended run would otherwise wait for a browser or a code until it expires)."""
+    mode = graph.resolved_auth()
+    if mode not in _PROMPTING or (_isatty(ctx.stdin) and _isatty(ctx.console.stderr)):
+        return
+    which = "stdin" if not _isatty(ctx.stdin) else "stderr"
+    how = f"--auth {graph.auth.value}" + (f" (resolved to {mode.value})" if graph.auth is AuthMode.AUTO else "")
+    raise EntraAuthError(
+        f"{how} would prompt for a Microsoft sign-in, but {which} is not a terminal: for an unattended run use "
+        "--auth environment (AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET or a certificate), "
+        "--auth managed-identity, or --auth token (DEFGUARD_ENTRA_GRAPH_TOKEN)"
+    )
 
 
 def _progress(options: Options, ctx: Context, label: str) -> ProgressLine | None:
@@ -268,6 +299,7 @@ def fetch_config(options: FetchConfigOptions, ctx: Context) -> FetchRun:
     """On the user's machine: read the signed-in user's attributes and write the client's provisioning.json."""
     settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     require_user_sign_in(settings.graph)
+    require_terminal_to_prompt(settings.graph, ctx)
     target = (
         check_output_file(options.output) if options.output else default_provisioning_path(sys.platform, ctx.environ)
     )
@@ -275,7 +307,7 @@ def fetch_config(options: FetchConfigOptions, ctx: Context) -> FetchRun:
         raise ConfigurationError(f"{str(target)!r} is a directory: remove it or pass --output PATH")
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    config = fetch_provisioning_config(settings, prompt=ctx.console.info)
+    config = fetch_provisioning_config(settings, prompt=ctx.console.notice)
     ctx.redactor.add(config.enrollment_token.value)
     outcome = write_provisioning_file(config, target, force=options.force)
     return FetchRun(target, outcome, config.enrollment_url)

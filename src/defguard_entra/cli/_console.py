@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .._redact import RedactingFilter
@@ -26,6 +26,7 @@ __all__ = [
     "install_signal_handlers",
     "interrupt_on_sigterm",
     "interrupt_signal_names",
+    "interrupted_at_once",
     "setup_logging",
     "stop_signal_names",
     "write",
@@ -162,6 +163,10 @@ class Console:
         if not self.quiet:
             write(self.stderr, fit(self.redactor.redact(text), self.width))
 
+    def notice(self, text: str) -> None:
+        """What the user must see to go on, ``-q`` or not (the device-code sign-in's instructions), on stderr."""
+        write(self.stderr, self.redactor.redact(text))
+
     def warn(self, text: str) -> None:
         write(self.stderr, "warning: " + self.redactor.redact(text))
 
@@ -219,6 +224,16 @@ class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         write(self.stream, text)
 
 
+#: Loggers whose lines only ``-vv`` shows: azure-identity's warnings repeat the sign-in error over several lines
+#: with trace ids and raw JSON (``DeviceCodeCredential.get_token failed: …``, ChainedTokenCredential's summary),
+#: and MSAL's and msal-extensions' are for debugging; the error itself is one line of ours.
+_SIGN_IN_SDKS = ("azure.identity", "msal")
+
+
+def _without_sign_in_sdks(record: logging.LogRecord) -> bool:
+    return not any(record.name == name or record.name.startswith((f"{name}.", f"{name}_")) for name in _SIGN_IN_SDKS)
+
+
 def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> logging.Handler:
     """A redacting stderr handler on the root logger at the level ``-v``/``-vv``/``-q`` ask for; the caller
     removes it when the command ends."""
@@ -231,6 +246,8 @@ def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, qu
         level = logging.INFO
     handler = _StreamHandler(stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if level > logging.DEBUG:
+        handler.addFilter(_without_sign_in_sdks)
     handler.addFilter(redactor)
     handler.setLevel(level)
     root = logging.getLogger()
@@ -289,6 +306,26 @@ def interrupt_on_sigterm() -> Callable[[], None]:
             signal.signal(sig, old)
 
     return _restore
+
+
+@contextlib.contextmanager
+def interrupted_at_once() -> Iterator[None]:
+    """Within the block, every stop signal (Ctrl-C, SIGTERM, SIGHUP; Ctrl-Break on Windows) interrupts at once
+    (``KeyboardInterrupt`` → exit 130): for a sign-in, which has nothing in flight to finish. The handlers before
+    it are restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _handle) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 #: What stops a run gracefully on this platform (:func:`stop_signal_names`).

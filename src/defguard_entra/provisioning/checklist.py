@@ -175,12 +175,13 @@ def attribute_items(
             CheckItem(
                 "graph_read_definitions",
                 "permission to read attribute definitions",
-                FAIL,
-                "Graph refused to list the custom security attribute definitions (403): the attribute set and the "
-                "attributes' types cannot be checked, and provision would go on without checking them",
+                WARN,
+                "Graph refused to list the custom security attribute definitions (403; the permission is optional): "
+                "the attribute set and the attributes' types cannot be checked, and provision would go on without "
+                "checking them",
                 missing_role_hint(principal, scopes, "Attribute Definition Reader")
-                or "grant CustomSecAttributeDefinition.Read.All (application permission, or delegated scope plus the "
-                "Entra role Attribute Definition Reader)",
+                or "to have them checked, grant CustomSecAttributeDefinition.Read.All (application permission, or "
+                "delegated scope plus the Entra role Attribute Definition Reader)",
             ),
             CheckItem("attribute_set", f"attribute set {set_name!r}", SKIP, reason),
             *(CheckItem(_attribute_key(n), f"{set_name}.{n}", SKIP, reason) for n in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL)),

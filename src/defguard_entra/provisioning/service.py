@@ -146,6 +146,16 @@ class ProvisioningService(ServiceLifecycle):
 
     # -- the commands ----------------------------------------------------------------------------------------
 
+    async def asign_in(self) -> None:
+        """Sign in to Microsoft Graph now, before a command (which otherwise signs in during its preflight): an
+        interactive or device-code prompt happens here. Raises :class:`EntraAuthError` with the cause and fix.
+
+        .. versionadded:: 0.1.0
+        """
+        await self._bind().entra.sign_in()
+
+    sign_in = blocking(asign_in)
+
     async def aprovision(
         self,
         group_name: str | None = None,
