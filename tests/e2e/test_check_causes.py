@@ -35,7 +35,7 @@ GRAPH_MARKS = {
     "unreachable": "DNS, firewall",
     "tls": "TLS inspection",
     "proxy": "407 or no tunnel",
-    "tool": "az is not on PATH",
+    "tool": "a program that is not installed",
     "token": "sign in again or get a fresh token",
     "consent": "Grant admin consent",
 }

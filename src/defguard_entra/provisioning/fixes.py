@@ -26,8 +26,8 @@ GRAPH_FIXES = {
         "credentials if it needs them (http://user:password@proxy:port), or exempt the host in NO_PROXY"
     ),
     "tool": (
-        "--auth azure-cli runs the Azure CLI, and az is not on PATH: install it (winget install Microsoft.AzureCLI "
-        "on Windows), open a new terminal and run az login, or choose another --auth"
+        "the sign-in needed a program that is not installed (a developer tool such as az that azure-identity "
+        "runs): choose another --auth (environment, managed-identity, interactive or device-code)"
     ),
     "token": (
         "sign in again or get a fresh token: it must be for Microsoft Graph in this tenant and cloud "
