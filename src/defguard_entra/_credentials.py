@@ -14,31 +14,38 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import attrs
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
+from ._sign_in_record import CACHE_FILES, CACHE_NAME, Forgotten, RecordKey, RecordStore
+from ._user_sign_in import UserSignIn
 from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
 from .exceptions import ConfigurationError, EntraAuthError
 from .models import Secret
 
 __all__ = [
     "APP_ONLY_MODES",
+    "NOT_REMEMBERED",
     "CachingCredential",
+    "SignedOut",
     "StaticTokenCredential",
     "build_credential",
     "close_quietly",
     "connection_cause",
+    "encrypted_cache_available",
     "graph_scopes",
     "jwt_claims",
     "sign_in_cause",
+    "sign_out",
 ]
 
 log = logging.getLogger(__name__)
 
 APP_ONLY_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY, AuthMode.AZURE_CLI, AuthMode.TOKEN})
-_CACHE_NAME = "defguard-entra"
 _REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
 
 
@@ -120,7 +127,8 @@ def build_credential(
 
     import azure.identity as ai  # noqa: PLC0415 - 0.35 s: only when a command signs in
 
-    authority = settings.cloud.authority
+    authority = settings.authority
+    discovery: dict[str, Any] = {} if settings.known_authority else {"disable_instance_discovery": True}
     env = settings.environment
     tenant = settings.tenant_id or env.get("AZURE_TENANT_ID")
     inner: TokenCredential
@@ -162,25 +170,148 @@ def build_credential(
     elif mode is AuthMode.AZURE_CLI:
         inner = ai.AzureCliCredential(tenant_id=tenant) if tenant else ai.AzureCliCredential()
     else:
-        client_id = settings.client_id or GRAPH_CLI_CLIENT_ID
-        common: dict[str, Any] = {
-            "client_id": client_id,
-            "tenant_id": tenant or "organizations",
-            "authority": authority,
-        }
-        device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
-
-        def user_credential(persist: bool) -> Any:
-            options = dict(common)
-            if persist:
-                options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
-            device = _device_code(ai, options, prompt)
-            return (
-                device if device_only else ai.ChainedTokenCredential(ai.InteractiveBrowserCredential(**options), device)
-            )
-
-        inner = MemoryCacheFallback(user_credential) if settings.token_cache else user_credential(False)
+        inner = _user_credential(ai, settings, {"authority": authority, **discovery}, tenant, prompt)
     return CachingCredential(inner)
+
+
+#: Said once, where the platform has no encrypted store for the token cache and none was opted out of.
+NOT_REMEMBERED = (
+    "Sign-in is not remembered between runs: this system has no encrypted store for the token cache "
+    "(on Linux, libsecret and a running keyring); install one, or pass --token-cache unencrypted to keep it in "
+    "an owner-only plain file (anyone who can read it can act as you until it expires)."
+)
+
+
+def _user_credential(
+    ai: Any, settings: GraphSettings, where: dict[str, Any], tenant: str | None, prompt: Callable[[str], None] | None
+) -> Any:
+    """Browser (device code where there is no display, or when the browser does not answer), remembered between
+    runs through the persistent cache and a saved ``AuthenticationRecord`` keyed by authority, tenant and client."""
+    client_id = settings.client_id or GRAPH_CLI_CLIENT_ID
+    # ``where``: the authority (and ``disable_instance_discovery`` for a host that is not Microsoft's).
+    common: dict[str, Any] = {"client_id": client_id, "tenant_id": tenant or "organizations", **where}
+    device_only = settings.resolved_auth() is AuthMode.DEVICE_CODE or _headless(settings.environment)
+    key = RecordKey(common["authority"], common["tenant_id"], client_id)
+    store = RecordStore(settings.sign_in_dir) if settings.sign_in_dir is not None else None
+    notice = prompt or log.warning
+
+    def make(persist: bool) -> UserSignIn:
+        options = {**common, "disable_automatic_authentication": True}
+        saved = store.load(key) if persist and store is not None else None
+        if persist:
+            options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(
+                name=CACHE_NAME, allow_unencrypted_storage=settings.unencrypted_token_cache
+            )
+            if saved is not None:  # its authority and client id are ours (RecordKey.matches); azure-identity
+                # takes both from the record and refuses an ``authority`` given beside it
+                options["authentication_record"] = ai.AuthenticationRecord.deserialize(saved)
+                del options["authority"]
+
+        def save(record: Any) -> None:
+            if store is not None:
+                store.save(key, record.serialize())
+
+        browser = None if device_only else ai.InteractiveBrowserCredential(timeout=settings.browser_timeout, **options)
+        return UserSignIn(
+            browser,
+            _device_code(ai, options, prompt),
+            remembered=saved is not None,
+            save=save if persist and store is not None else None,
+            notice=notice,
+            browser_timeout=settings.browser_timeout,
+            unavailable=ai.CredentialUnavailableError,
+            required=ai.AuthenticationRequiredError,
+        )
+
+    if not settings.token_cache:
+        return make(False)
+    if not settings.unencrypted_token_cache and encrypted_cache_available() is False:
+        notice(NOT_REMEMBERED)
+        return make(False)
+    return MemoryCacheFallback(make, notice)
+
+
+def encrypted_cache_available() -> bool | None:
+    """Whether azure-identity can keep this tool's token cache encrypted here; ``None`` when it cannot be told
+    (then the first sign-in finds out: :class:`MemoryCacheFallback`).
+
+    Asked of azure-identity's own loader (``azure.identity._persistent_cache``, not a public API: 1.27.0), so that
+    the answer is the one the sign-in will meet (DPAPI on Windows, Keychain on macOS, libsecret on Linux)."""
+    try:
+        from azure.identity import TokenCachePersistenceOptions  # noqa: PLC0415
+        from azure.identity._persistent_cache import _load_persistent_cache  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        _load_persistent_cache(TokenCachePersistenceOptions(name=CACHE_NAME))
+    except (ValueError, NotImplementedError):
+        return False
+    except Exception:
+        log.debug("cannot tell whether the token cache can be encrypted", exc_info=True)
+        return None
+    return True
+
+
+@attrs.frozen
+class SignedOut:
+    """What :func:`sign_out` removed: the remembered sign-ins, the accounts in the token cache, the cache files."""
+
+    records: tuple[Forgotten, ...]
+    accounts: tuple[str, ...]
+    files: tuple[Path, ...]
+    problems: tuple[str, ...] = ()
+
+
+def sign_out(directory: Path | None) -> SignedOut:
+    """Forget every sign-in of this tool: its records in ``directory``, the accounts and tokens in its own named
+    token cache (encrypted or not), and the cache's files in ``directory``. Never another tool's cache."""
+    records = tuple(RecordStore(directory).forget_all()) if directory is not None else ()
+    accounts: set[str] = set()
+    problems: list[str] = []
+    try:
+        from azure.identity import TokenCachePersistenceOptions  # noqa: PLC0415
+        from azure.identity._persistent_cache import _load_persistent_cache  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - azure-identity moved its loader: the files still go
+        problems.append(f"cannot open the token cache: {exc}")
+    else:
+        options = TokenCachePersistenceOptions(name=CACHE_NAME, allow_unencrypted_storage=True)
+        # The cache's file (the data, or the marker of a keyring entry) exists once anything was cached: without
+        # it there is nothing to clear, and opening the cache would create the directory.
+        present = directory is None or any((directory / name).exists() for name in CACHE_FILES)
+        for cae in (False, True) if present else ():
+            try:
+                accounts |= _empty(_load_persistent_cache(options, is_cae=cae))
+            except Exception as exc:  # noqa: BLE001 - a keyring that will not open: say so, delete the files
+                problems.append(f"cannot clear the token cache: {_first_line(str(exc))}")
+    files: list[Path] = []
+    for name in CACHE_FILES if directory is not None else ():
+        path = directory / name  # type: ignore[operator]  # directory is not None here
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"cannot delete {path}: {exc.strerror or exc}")
+            continue
+        files.append(path)
+    return SignedOut(records, tuple(sorted(accounts)), tuple(files), tuple(dict.fromkeys(problems)))
+
+
+def _empty(cache: Any) -> set[str]:
+    """Remove every account, refresh, access and ID token from an MSAL token cache (msal 1.x ``TokenCache``'s
+    ``search`` and ``remove_*``: they work offline, unlike ``ClientApplication.remove_account``, whose app first
+    fetches the authority's metadata); the accounts' user names."""
+    kind = cache.CredentialType
+    usernames = {str(a.get("username") or a.get("home_account_id")) for a in cache.search(kind.ACCOUNT)}
+    for remove, credential_type in (
+        (cache.remove_rt, kind.REFRESH_TOKEN),
+        (cache.remove_at, kind.ACCESS_TOKEN),
+        (cache.remove_idt, kind.ID_TOKEN),
+        (cache.remove_account, kind.ACCOUNT),
+    ):
+        for item in list(cache.search(credential_type)):
+            remove(item)
+    return usernames
 
 
 def _device_code(ai: Any, common: dict[str, Any], prompt: Callable[[str], None] | None) -> Any:
@@ -205,8 +336,9 @@ class MemoryCacheFallback:
     carrying it when chained), so the switch happens there, once.
     """
 
-    def __init__(self, make: Callable[[bool], Any]) -> None:
+    def __init__(self, make: Callable[[bool], Any], notice: Callable[[str], None] | None = None) -> None:
         self._make = make
+        self._notice = notice
         self._inner = make(True)
         self.persistent = True
 
@@ -216,7 +348,7 @@ class MemoryCacheFallback:
         except (ValueError, ClientAuthenticationError) as exc:
             if not self.persistent or _NO_ENCRYPTION not in str(exc):
                 raise
-            log.info("no encrypted token cache on this system: sign-in will not be remembered between runs")
+            (self._notice or log.warning)(NOT_REMEMBERED)
             close_quietly(self._inner)
             self._inner = self._make(False)
             self.persistent = False
