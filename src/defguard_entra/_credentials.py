@@ -19,34 +19,40 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
 from ._sign_in_errors import connection_cause, sign_in_cause, sign_in_error
+from ._sign_in_record import CACHE_NAME, RecordKey, RecordStore, SignedOut, forget_sign_ins
+from ._user_sign_in import UserSignIn
 from .config import GRAPH_CLI_CLIENT_ID, AuthMode, GraphSettings
 from .exceptions import ConfigurationError
 from .models import Secret
 
 __all__ = [
     "APP_ONLY_MODES",
+    "NOT_REMEMBERED",
     "AsyncCredential",
     "CachingCredential",
+    "SignedOut",
     "StaticTokenCredential",
     "build_credential",
     "close_quietly",
     "connection_cause",
+    "encrypted_cache_available",
     "graph_scopes",
     "is_async_credential",
     "jwt_claims",
     "sign_in_cause",
+    "sign_out",
 ]
 
 log = logging.getLogger(__name__)
 
 APP_ONLY_MODES = frozenset({AuthMode.ENVIRONMENT, AuthMode.MANAGED_IDENTITY, AuthMode.TOKEN})
-_CACHE_NAME = "defguard-entra"
 _REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is renewed
 T = TypeVar("T")
 
@@ -229,7 +235,8 @@ def build_credential(
                 else ai.ManagedIdentityCredential()
             )
             return CachingCredential(inner, where=where)
-        return CachingCredential(user_credential(ai, settings, mode, prompt))
+        tenant = settings.tenant_id or settings.environment.get("AZURE_TENANT_ID")
+        return CachingCredential(_user_credential(ai, settings, _authority(settings), tenant, prompt))
     except (ConfigurationError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - what azure-identity refuses at construction: one line
@@ -238,7 +245,7 @@ def build_credential(
 
 def _service_principal(ai: Any, settings: GraphSettings) -> TokenCredential:
     """``--auth environment``: a client secret, a certificate, or workload identity's federated token file."""
-    authority = settings.cloud.authority
+    where = _authority(settings)
     env = settings.environment
     tenant = settings.tenant_id or env.get("AZURE_TENANT_ID")
     client_id = settings.client_id or env.get("AZURE_CLIENT_ID")
@@ -248,49 +255,127 @@ def _service_principal(ai: Any, settings: GraphSettings) -> TokenCredential:
             "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
         )
     if settings.client_secret:
-        return ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, authority=authority)  # type: ignore[no-any-return]
+        return ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, **where)  # type: ignore[no-any-return]
     if env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
         return ai.CertificateCredential(  # type: ignore[no-any-return]
             tenant,
             client_id,
             env["AZURE_CLIENT_CERTIFICATE_PATH"],
             password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
-            authority=authority,
+            **where,
         )
     if env.get("AZURE_FEDERATED_TOKEN_FILE"):
         return ai.WorkloadIdentityCredential(  # type: ignore[no-any-return]
             tenant_id=tenant,
             client_id=client_id,
             token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
-            authority=authority,
+            **where,
         )
     raise ConfigurationError(
         "--auth environment needs AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
     )
 
 
-def user_credential(
-    ai: Any, settings: GraphSettings, mode: AuthMode, prompt: Callable[[str], None] | None
-) -> TokenCredential:
-    """The one place the user's sign-in is built (interactive, device code): the browser, then the device code
-    where no browser can open (SSH, Linux without a display), with the persistent token cache where the platform
-    encrypts it (:class:`MemoryCacheFallback`)."""
-    env = settings.environment
-    common: dict[str, Any] = {
-        "client_id": settings.client_id or GRAPH_CLI_CLIENT_ID,
-        "tenant_id": settings.tenant_id or env.get("AZURE_TENANT_ID") or "organizations",
-        "authority": settings.cloud.authority,
-    }
-    device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
+def _authority(settings: GraphSettings) -> dict[str, Any]:
+    """The sign-in authority's keywords: its host (``AZURE_AUTHORITY_HOST``, else ``--cloud``'s), and no instance
+    discovery for a host that is not one of Microsoft's (MSAL would ask login.microsoftonline.com about it)."""
+    discovery: dict[str, Any] = {} if settings.known_authority else {"disable_instance_discovery": True}
+    return {"authority": settings.authority, **discovery}
 
-    def make(persist: bool) -> Any:
-        options = dict(common)
+
+#: Said once, where the platform has no encrypted store for the token cache and none was opted out of.
+NOT_REMEMBERED = (
+    "Sign-in is not remembered between runs: this system has no encrypted store for the token cache "
+    "(on Linux, libsecret and a running keyring); install one, or pass --token-cache unencrypted to keep it in "
+    "an owner-only plain file (anyone who can read it can act as you until it expires)."
+)
+
+
+def _user_credential(
+    ai: Any, settings: GraphSettings, where: dict[str, Any], tenant: str | None, prompt: Callable[[str], None] | None
+) -> Any:
+    """Browser (device code where there is no display, or when the browser does not answer), remembered between
+    runs through the persistent cache and a saved ``AuthenticationRecord`` keyed by authority, tenant and client."""
+    client_id = settings.client_id or GRAPH_CLI_CLIENT_ID
+    # ``where``: the authority (and ``disable_instance_discovery`` for a host that is not Microsoft's).
+    common: dict[str, Any] = {"client_id": client_id, "tenant_id": tenant or "organizations", **where}
+    device_only = settings.resolved_auth() is AuthMode.DEVICE_CODE or _headless(settings.environment)
+    key = RecordKey(common["authority"], common["tenant_id"], client_id)
+    store = RecordStore(settings.sign_in_dir) if settings.sign_in_dir is not None else None
+    notice = prompt or log.warning
+
+    def make(persist: bool) -> UserSignIn:
+        options = {**common, "disable_automatic_authentication": True}
+        saved = store.load(key) if persist and store is not None else None
         if persist:
-            options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(name=_CACHE_NAME)
-        device = _device_code(ai, options, prompt)
-        return device if device_only else ai.ChainedTokenCredential(ai.InteractiveBrowserCredential(**options), device)
+            options["cache_persistence_options"] = ai.TokenCachePersistenceOptions(
+                name=CACHE_NAME, allow_unencrypted_storage=settings.unencrypted_token_cache
+            )
+            if saved is not None:  # its authority and client id are ours (RecordKey.matches); azure-identity
+                # takes both from the record and refuses an ``authority`` given beside it
+                options["authentication_record"] = ai.AuthenticationRecord.deserialize(saved)
+                del options["authority"]
 
-    return MemoryCacheFallback(make) if settings.token_cache else make(False)
+        def save(record: Any) -> None:
+            if store is not None:
+                store.save(key, record.serialize())
+
+        browser = None if device_only else ai.InteractiveBrowserCredential(timeout=settings.browser_timeout, **options)
+        return UserSignIn(
+            browser,
+            _device_code(ai, options, prompt),
+            remembered=saved is not None,
+            save=save if persist and store is not None else None,
+            notice=notice,
+            browser_timeout=settings.browser_timeout,
+            unavailable=ai.CredentialUnavailableError,
+            required=ai.AuthenticationRequiredError,
+        )
+
+    if not settings.token_cache:
+        return make(False)
+    if not settings.unencrypted_token_cache and encrypted_cache_available() is False:
+        notice(NOT_REMEMBERED)
+        return make(False)
+    return MemoryCacheFallback(make, notice)
+
+
+def encrypted_cache_available() -> bool | None:
+    """Whether azure-identity can keep this tool's token cache encrypted here; ``None`` when it cannot be told
+    (then the first sign-in finds out: :class:`MemoryCacheFallback`).
+
+    Asked of azure-identity's own loader (``azure.identity._persistent_cache``, not a public API: 1.27.0), so that
+    the answer is the one the sign-in will meet (DPAPI on Windows, Keychain on macOS, libsecret on Linux)."""
+    try:
+        from azure.identity import TokenCachePersistenceOptions  # noqa: PLC0415
+        from azure.identity._persistent_cache import _load_persistent_cache  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        _load_persistent_cache(TokenCachePersistenceOptions(name=CACHE_NAME))
+    except (ValueError, NotImplementedError):
+        return False
+    except Exception:
+        log.debug("cannot tell whether the token cache can be encrypted", exc_info=True)
+        return None
+    return True
+
+
+def sign_out(directory: Path | None) -> SignedOut:
+    """Forget every sign-in of this tool: its records in ``directory``, the accounts and tokens in its own named
+    token cache (encrypted or not), and the cache's files in ``directory``. Never another tool's cache."""
+    return forget_sign_ins(directory, _open_token_caches)
+
+
+def _open_token_caches() -> list[Any]:
+    """This tool's token caches (without and with CAE), opened as the sign-in opens them: azure-identity's own
+    loader (``azure.identity._persistent_cache``, not a public API: 1.27.0), unencrypted allowed so that a plain
+    file cache can be cleared too."""
+    from azure.identity import TokenCachePersistenceOptions  # noqa: PLC0415
+    from azure.identity._persistent_cache import _load_persistent_cache  # noqa: PLC0415
+
+    options = TokenCachePersistenceOptions(name=CACHE_NAME, allow_unencrypted_storage=True)
+    return [_load_persistent_cache(options, is_cae=cae) for cae in (False, True)]
 
 
 def _device_code(ai: Any, common: dict[str, Any], prompt: Callable[[str], None] | None) -> Any:
@@ -315,8 +400,9 @@ class MemoryCacheFallback:
     carrying it when chained), so the switch happens there, once.
     """
 
-    def __init__(self, make: Callable[[bool], Any]) -> None:
+    def __init__(self, make: Callable[[bool], Any], notice: Callable[[str], None] | None = None) -> None:
         self._make = make
+        self._notice = notice
         self._inner = make(True)
         self.persistent = True
 
@@ -326,10 +412,7 @@ class MemoryCacheFallback:
         except (ValueError, ClientAuthenticationError) as exc:
             if not self.persistent or _NO_ENCRYPTION not in str(exc):
                 raise
-            log.warning(
-                "sign-in cannot be remembered on this system: there is no encrypted token store (libsecret with a "
-                "running keyring, i.e. a desktop session); tokens are kept in memory for this run only"
-            )
+            (self._notice or log.warning)(NOT_REMEMBERED)
             close_quietly(self._inner)
             self._inner = self._make(False)
             self.persistent = False

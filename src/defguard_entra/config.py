@@ -13,6 +13,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
@@ -237,6 +238,39 @@ def validate_graph_url(url: str) -> str:
     return text
 
 
+#: Microsoft's sign-in hosts (MSAL 1.39 ``authority.py`` ``WELL_KNOWN_AUTHORITY_HOSTS``): for any other host
+#: (a private cloud, a local emulator) MSAL's instance discovery would ask login.microsoftonline.com about it, so
+#: sign-in turns instance discovery off.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.microsoftonline.de",
+        "login-us.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.usgovcloudapi.net",
+        "login.sovcloud-identity.fr",
+        "login.sovcloud-identity.de",
+        "login.sovcloud-identity.sg",
+    }
+)
+
+
+def validate_authority_host(value: str) -> str:
+    """``AZURE_AUTHORITY_HOST``: a host (``login.microsoftonline.us``) or an ``https://`` URL without a path."""
+    text = value.strip().rstrip("/")
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query or parts.username:
+        raise ConfigurationError(
+            f"AZURE_AUTHORITY_HOST {value!r} must be an https:// sign-in host like https://login.microsoftonline.us"
+        )
+    return text
+
+
 def _optional_secret(value: Secret | str | None) -> Secret | None:
     """The attrs converter for optional secrets: a plain string becomes a :class:`Secret`; empty means none."""
     if value is None or isinstance(value, Secret):
@@ -258,8 +292,21 @@ class GraphSettings:
     client_id: str | None = None
     cloud: Cloud = Cloud.GLOBAL
     graph_url: str | None = None  # overrides the cloud's root; includes /v1.0
+    #: The sign-in host (``AZURE_AUTHORITY_HOST``): overrides the cloud's authority, e.g. a private cloud's.
+    authority_host: str | None = None
     static_token: Secret | None = None  # DEFGUARD_ENTRA_GRAPH_TOKEN
+    #: Remember a user's sign-in between runs in the platform's encrypted store (DPAPI, Keychain, libsecret);
+    #: ``False``: in memory only (``--token-cache memory``).
     token_cache: bool = True
+    #: Where the platform has no encrypted store, keep the token cache in a plain owner-only file instead of in
+    #: memory only (``--token-cache unencrypted``; what the Azure CLI does on Linux). Anyone who can read the file
+    #: can act as the user until the refresh token expires.
+    unencrypted_token_cache: bool = False
+    #: The directory the record of the last sign-in is kept in (azure-identity's cache directory; see
+    #: ``default_identity_dir``); ``None``: a sign-in is not remembered between processes.
+    sign_in_dir: Path | None = None
+    #: Seconds a browser sign-in may take before the device code is used instead (``--browser-timeout``).
+    browser_timeout: float = 60.0
     # Environment needed by azure-identity's EnvironmentCredential / workload identity; passed explicitly so that
     # nothing below the CLI reads os.environ.
     environment: Mapping[str, str] = attrs.field(factory=dict, repr=False)
@@ -294,6 +341,18 @@ class GraphSettings:
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.netloc}"
 
+    @property
+    def authority(self) -> str:
+        """The sign-in authority: ``authority_host`` when set, else the cloud's (``login.microsoftonline.com``)."""
+        return self.authority_host.strip().rstrip("/") if self.authority_host else self.cloud.authority
+
+    @property
+    def known_authority(self) -> bool:
+        """Whether :attr:`authority` is one of Microsoft's hosts (else instance discovery must be off)."""
+        text = self.authority
+        host = urlsplit(text if "://" in text else f"https://{text}").hostname or ""
+        return host.lower() in KNOWN_AUTHORITY_HOSTS
+
     def resolved_auth(self) -> AuthMode:
         """``auto`` made concrete: a static token, else a service principal from ``AZURE_*``, else the platform's
         managed identity where the platform announces one (``IDENTITY_ENDPOINT``: App Service, Functions, Container
@@ -319,6 +378,9 @@ class GraphSettings:
     def validate(self) -> Self:
         if self.graph_url is not None:
             validate_graph_url(self.graph_url)
+        validate_seconds("--browser-timeout", self.browser_timeout)
+        if self.authority_host is not None:
+            validate_authority_host(self.authority_host)
         mode = self.resolved_auth()
         if mode is AuthMode.TOKEN and not self.static_token:
             raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
@@ -384,6 +446,7 @@ class Settings:
                 tenant_id=environ.get("AZURE_TENANT_ID") or None,
                 client_id=environ.get("AZURE_CLIENT_ID") or None,
                 graph_url=environ.get("DEFGUARD_ENTRA_GRAPH_URL") or None,
+                authority_host=environ.get("AZURE_AUTHORITY_HOST", "").strip() or None,
                 static_token=Secret(graph_token.strip()) if graph_token and graph_token.strip() else None,
                 environment=azure,
                 client_secret=environ.get("AZURE_CLIENT_SECRET"),

@@ -136,6 +136,7 @@ _EVERY_COMMAND = [
     ["status", "--group-name", "G", "--enrolled", "desktop", "--report", "s.csv"],
     ["clear", "--group-name", "G", "--all", "--graph-write-rate", "5"],
     ["check", "--group-name", "G", "--probe-write", "--timeout", "9"],
+    ["sign-out", "-q"],
 ]
 
 

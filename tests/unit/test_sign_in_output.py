@@ -12,7 +12,7 @@ import pytest
 from msal.token_cache import TokenCache
 
 from defguard_entra import RedactingFilter
-from defguard_entra._credentials import MemoryCacheFallback
+from defguard_entra._credentials import NOT_REMEMBERED, MemoryCacheFallback
 from defguard_entra._scopes import COMMAND_SCOPES, OPTIONAL_SCOPES
 from defguard_entra.cli._console import Console, setup_logging
 
@@ -136,7 +136,7 @@ def test_no_encrypted_store_is_one_line_of_ours_once(caplog: pytest.LogCaptureFi
     lines = [r for r in caplog.records if r.name == "defguard_entra._credentials"]
     assert len(lines) == 1
     assert lines[0].levelno == logging.WARNING
-    assert "sign-in cannot be remembered on this system" in lines[0].getMessage()
+    assert lines[0].getMessage() == NOT_REMEMBERED
     assert "allow_unencrypted_storage" not in caplog.text
 
 

@@ -36,11 +36,12 @@ from ._options import (
     GroupOptions,
     Options,
     ProvisionOptions,
+    SignOutOptions,
     StatusOptions,
 )
-from ._present import ExportRun, FetchRun, ReportRun, Result, present
+from ._present import ExportRun, FetchRun, ReportRun, Result, SignOutRun, present
 from ._render import check_report_path
-from ._settings import load_settings, state_dir
+from ._settings import identity_dir, load_settings, state_dir
 
 if TYPE_CHECKING:
     from ..provisioning import ProvisioningService
@@ -75,6 +76,8 @@ def run(options: Options, ctx: Context) -> Result:
         return export(options, ctx, on_provisioned=lambda run: present(run, ctx.console))
     if isinstance(options, FetchConfigOptions):
         return fetch_config(options, ctx)
+    if isinstance(options, SignOutOptions):
+        return sign_out(ctx)
     msg = f"no handler for {options.command}"
     raise TypeError(msg)
 
@@ -311,3 +314,11 @@ def fetch_config(options: FetchConfigOptions, ctx: Context) -> FetchRun:
     ctx.redactor.add(config.enrollment_token.value)
     outcome = write_provisioning_file(config, target, force=options.force)
     return FetchRun(target, outcome, config.enrollment_url)
+
+
+def sign_out(ctx: Context) -> SignOutRun:
+    """Forget the remembered sign-ins: records, cached accounts and tokens of this tool's own cache."""
+    from .._credentials import sign_out as forget  # noqa: PLC0415 - azure-identity loads only to run
+
+    directory = identity_dir(ctx.environ)
+    return SignOutRun(forget(directory), directory)

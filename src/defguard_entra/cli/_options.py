@@ -28,6 +28,7 @@ __all__ = [
     "Options",
     "PaceFlags",
     "ProvisionOptions",
+    "SignOutOptions",
     "StatusOptions",
     "options_from",
 ]
@@ -53,6 +54,10 @@ class GraphFlags:
     client_id: str | None = None
     cloud: Cloud | None = attrs.field(default=None, converter=attrs.converters.optional(Cloud))
     graph_url: str | None = None
+    #: ``--token-cache``: ``auto``, ``unencrypted`` or ``memory``.
+    token_cache: str | None = None
+    #: ``--browser-timeout``, seconds.
+    browser_timeout: float | None = None
     attribute_set_name: str | None = None
 
 
@@ -236,6 +241,11 @@ class FetchConfigOptions(Options, command="fetch-config"):
 
 
 @attrs.frozen(kw_only=True)
+class SignOutOptions(Options, command="sign-out"):
+    """``sign-out``: forget the remembered sign-ins."""
+
+
+@attrs.frozen(kw_only=True)
 class DemoOptions(Options, command="demo", stops_gracefully=True):
     """``demo``: the whole flow against the emulators."""
 
@@ -252,6 +262,7 @@ _BY_COMMAND: dict[str, type[Options]] = {
         StatusOptions,
         ClearOptions,
         CheckOptions,
+        SignOutOptions,
     )
 }
 

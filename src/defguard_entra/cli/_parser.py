@@ -30,7 +30,9 @@ from ._help import (
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "subparsers"]
 
-COMMANDS = ("provision", "demo", "fetch-config", "export", "status", "clear", "check")
+COMMANDS = ("provision", "demo", "fetch-config", "export", "status", "clear", "check", "sign-out")
+#: ``--token-cache``: see ``docs/cli.md``, "What is remembered where".
+TOKEN_CACHE_CHOICES = ("auto", "unencrypted", "memory")
 
 
 class UsageError(Exception):
@@ -106,6 +108,21 @@ def _add_graph(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="Graph API base URL with version, e.g. https://graph.microsoft.us/v1.0 "
         "(env DEFGUARD_ENTRA_GRAPH_URL); http only for loopback emulators",
+    )
+    g.add_argument(
+        "--token-cache",
+        choices=TOKEN_CACHE_CHOICES,
+        default=None,
+        help="where a user's sign-in is remembered between runs (env DEFGUARD_ENTRA_TOKEN_CACHE): auto (default) "
+        "the platform's encrypted store, or memory only where there is none; unencrypted: an owner-only plain "
+        "file where there is no encrypted store (anyone who can read it can act as you); memory: never on disk",
+    )
+    g.add_argument(
+        "--browser-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="how long a browser sign-in may wait for the redirect before a device code is used instead (default 60)",
     )
     g.add_argument(
         "--attribute-set-name",
@@ -398,6 +415,18 @@ def _add_operations_commands(sub: Any) -> None:
         "token's claims only",
     )
     _add_tail(check, writes=False)
+
+    sign_out = sub.add_parser(
+        "sign-out",
+        help="forget the remembered Microsoft Entra sign-in",
+        description="Forget every sign-in this tool remembered on this machine: the sign-in records and the "
+        "accounts and tokens in this tool's own token cache (other tools' caches are left alone). Says what it "
+        "removed; nothing remembered is not an error.",
+        epilog="Exit codes: 0 signed out (or nothing was remembered), 1 something could not be removed, 130 "
+        "interrupted.",
+        allow_abbrev=False,
+    )
+    _add_common(sign_out)
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -31,6 +31,7 @@ from ._render import (
 if TYPE_CHECKING:
     from .._desktop_client import WriteOutcome
     from .._export import ExportManifest
+    from .._sign_in_record import SignedOut
     from ._console import Console
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "FetchRun",
     "ReportRun",
     "Result",
+    "SignOutRun",
     "exit_code",
     "present",
 ]
@@ -85,6 +87,14 @@ class ExportRun:
 
 
 @attrs.frozen
+class SignOutRun:
+    """``sign-out``: what was forgotten (``SignedOut`` of ``_credentials``), and where it was kept."""
+
+    signed_out: SignedOut
+    directory: Path | None
+
+
+@attrs.frozen
 class DemoRun:
     """``demo``: whether the sample organisation ended as expected (the demo presents itself as it goes)."""
 
@@ -92,7 +102,7 @@ class DemoRun:
     interrupted: bool = False
 
 
-Result = ReportRun | Checklist | FetchRun | ExportRun | DemoRun
+Result = ReportRun | Checklist | FetchRun | ExportRun | DemoRun | SignOutRun
 
 
 def exit_code(result: Result) -> int:
@@ -103,6 +113,8 @@ def exit_code(result: Result) -> int:
         return EXIT_OK if result.ready else EXIT_FATAL
     if isinstance(result, FetchRun):
         return EXIT_OK
+    if isinstance(result, SignOutRun):
+        return EXIT_FAILED if result.signed_out.problems else EXIT_OK
     if isinstance(result, ExportRun):
         if result.manifest is None:
             return exit_code(result.provisioned) if result.provisioned is not None else EXIT_FATAL
@@ -130,6 +142,24 @@ def present(result: Result, console: Console) -> None:
         _present_fetch(result, console)
     elif isinstance(result, ExportRun):
         _present_export(result, console)
+    elif isinstance(result, SignOutRun):
+        _present_sign_out(result, console)
+
+
+def _present_sign_out(run: SignOutRun, console: Console) -> None:
+    """One line per kind of thing forgotten (user names and client ids: no secret), or that nothing was."""
+    done = run.signed_out
+    for record in done.records:
+        console.out(f"forgot the sign-in of {record.username} (client {record.client_id}, tenant {record.tenant})")
+    if done.accounts:
+        console.out(f"removed from the token cache: {', '.join(done.accounts)} (accounts and their tokens)")
+    if done.files:
+        console.out(f"deleted {len(done.files)} cache file{'s' if len(done.files) != 1 else ''} in {run.directory}")
+    if not (done.records or done.accounts or done.files) and not done.problems:
+        where = f" in {run.directory}" if run.directory is not None else ""
+        console.out(f"nothing to forget: no sign-in of this tool is remembered{where}")
+    for problem in done.problems:
+        console.error(problem)
 
 
 def _present_report(run: ReportRun, console: Console) -> None:

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._durations import parse_lifetime, short_lifetime_warning
+from .._sign_in_record import default_identity_dir
 from ..config import (
     Settings,
     is_loopback_url,
@@ -26,9 +27,10 @@ from ..config import (
 from ..exceptions import ConfigurationError
 from ..models import Secret
 from ..provisioning.journal import default_state_dir
-from ._options import DefguardFlags, GroupOptions, Options, ProvisionOptions
+from ._options import DefguardFlags, GraphFlags, GroupOptions, Options, ProvisionOptions
+from ._parser import TOKEN_CACHE_CHOICES
 
-__all__ = ["load_settings", "state_dir"]
+__all__ = ["identity_dir", "load_settings", "state_dir"]
 
 #: A token file larger than this is not a token file (a wrong path, /dev/zero, a log).
 _TOKEN_FILE_LIMIT = 64 * 1024
@@ -173,6 +175,7 @@ def load_settings(
         client_id=flags.client_id or base.graph.client_id,
         cloud=flags.cloud or base.graph.cloud,
         graph_url=flags.graph_url or base.graph.graph_url,
+        **_sign_in_options(flags, environ),
     )
     defguard = options.defguard
     token = _read_api_token(defguard or DefguardFlags(), stdin, warn, stderr)
@@ -226,6 +229,29 @@ def load_settings(
             "the network path can read them"
         )
     return settings
+
+
+def _sign_in_options(flags: GraphFlags, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``--token-cache`` (or ``DEFGUARD_ENTRA_TOKEN_CACHE``), ``--browser-timeout``, and where sign-ins are
+    remembered: azure-identity's cache directory for this platform (``default_identity_dir``)."""
+    mode = flags.token_cache or environ.get("DEFGUARD_ENTRA_TOKEN_CACHE", "").strip().lower() or "auto"
+    if mode not in TOKEN_CACHE_CHOICES:
+        raise ConfigurationError(
+            f"DEFGUARD_ENTRA_TOKEN_CACHE={mode!r} is not a token cache mode: use {', '.join(TOKEN_CACHE_CHOICES)}"
+        )
+    options: dict[str, Any] = {
+        "token_cache": mode != "memory",
+        "unencrypted_token_cache": mode == "unencrypted",
+        "sign_in_dir": identity_dir(environ),
+    }
+    if flags.browser_timeout is not None:
+        options["browser_timeout"] = validate_seconds("--browser-timeout", flags.browser_timeout)
+    return options
+
+
+def identity_dir(environ: Mapping[str, str]) -> Path | None:
+    """Where azure-identity keeps token caches on this machine, and this tool its sign-in records."""
+    return default_identity_dir(sys.platform, environ)
 
 
 def state_dir(environ: Mapping[str, str]) -> Path | None:
