@@ -120,7 +120,8 @@ def build_credential(
 
     import azure.identity as ai  # noqa: PLC0415 - 0.35 s: only when a command signs in
 
-    authority = settings.cloud.authority
+    authority = settings.authority
+    discovery: dict[str, Any] = {} if settings.known_authority else {"disable_instance_discovery": True}
     env = settings.environment
     tenant = settings.tenant_id or env.get("AZURE_TENANT_ID")
     inner: TokenCredential
@@ -132,7 +133,9 @@ def build_credential(
                 "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE"
             )
         if settings.client_secret:
-            inner = ai.ClientSecretCredential(tenant, client_id, settings.client_secret.value, authority=authority)
+            inner = ai.ClientSecretCredential(
+                tenant, client_id, settings.client_secret.value, authority=authority, **discovery
+            )
         elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
             inner = ai.CertificateCredential(
                 tenant,
@@ -140,6 +143,7 @@ def build_credential(
                 env["AZURE_CLIENT_CERTIFICATE_PATH"],
                 password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
                 authority=authority,
+                **discovery,
             )
         elif env.get("AZURE_FEDERATED_TOKEN_FILE"):
             inner = ai.WorkloadIdentityCredential(
@@ -147,6 +151,7 @@ def build_credential(
                 client_id=client_id,
                 token_file_path=env["AZURE_FEDERATED_TOKEN_FILE"],
                 authority=authority,
+                **discovery,
             )
         else:
             raise ConfigurationError(
@@ -167,6 +172,7 @@ def build_credential(
             "client_id": client_id,
             "tenant_id": tenant or "organizations",
             "authority": authority,
+            **discovery,
         }
         device_only = mode is AuthMode.DEVICE_CODE or _headless(env)
 

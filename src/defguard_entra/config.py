@@ -237,6 +237,39 @@ def validate_graph_url(url: str) -> str:
     return text
 
 
+#: Microsoft's sign-in hosts (MSAL 1.39 ``authority.py`` ``WELL_KNOWN_AUTHORITY_HOSTS``): for any other host
+#: (a private cloud, a local emulator) MSAL's instance discovery would ask login.microsoftonline.com about it, so
+#: sign-in turns instance discovery off.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.microsoftonline.de",
+        "login-us.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.usgovcloudapi.net",
+        "login.sovcloud-identity.fr",
+        "login.sovcloud-identity.de",
+        "login.sovcloud-identity.sg",
+    }
+)
+
+
+def validate_authority_host(value: str) -> str:
+    """``AZURE_AUTHORITY_HOST``: a host (``login.microsoftonline.us``) or an ``https://`` URL without a path."""
+    text = value.strip()
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query or parts.username:
+        raise ConfigurationError(
+            f"AZURE_AUTHORITY_HOST {value!r} must be an https:// sign-in host like https://login.microsoftonline.us"
+        )
+    return text.rstrip("/")
+
+
 def _optional_secret(value: Secret | str | None) -> Secret | None:
     """The attrs converter for optional secrets: a plain string becomes a :class:`Secret`; empty means none."""
     if value is None or isinstance(value, Secret):
@@ -258,6 +291,8 @@ class GraphSettings:
     client_id: str | None = None
     cloud: Cloud = Cloud.GLOBAL
     graph_url: str | None = None  # overrides the cloud's root; includes /v1.0
+    #: The sign-in host (``AZURE_AUTHORITY_HOST``): overrides the cloud's authority, e.g. a private cloud's.
+    authority_host: str | None = None
     static_token: Secret | None = None  # DEFGUARD_ENTRA_GRAPH_TOKEN
     token_cache: bool = True
     # Environment needed by azure-identity's EnvironmentCredential / workload identity; passed explicitly so that
@@ -294,6 +329,18 @@ class GraphSettings:
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.netloc}"
 
+    @property
+    def authority(self) -> str:
+        """The sign-in authority: ``authority_host`` when set, else the cloud's (``login.microsoftonline.com``)."""
+        return self.authority_host.strip().rstrip("/") if self.authority_host else self.cloud.authority
+
+    @property
+    def known_authority(self) -> bool:
+        """Whether :attr:`authority` is one of Microsoft's hosts (else instance discovery must be off)."""
+        text = self.authority
+        host = urlsplit(text if "://" in text else f"https://{text}").hostname or ""
+        return host.lower() in KNOWN_AUTHORITY_HOSTS
+
     def resolved_auth(self) -> AuthMode:
         """``auto`` made concrete: a static token, else a service principal from ``AZURE_*``, else interactive."""
         if self.auth is not AuthMode.AUTO:
@@ -314,6 +361,8 @@ class GraphSettings:
     def validate(self) -> Self:
         if self.graph_url is not None:
             validate_graph_url(self.graph_url)
+        if self.authority_host is not None:
+            validate_authority_host(self.authority_host)
         mode = self.resolved_auth()
         if mode is AuthMode.TOKEN and not self.static_token:
             raise ConfigurationError("--auth token needs an access token in DEFGUARD_ENTRA_GRAPH_TOKEN")
@@ -367,6 +416,7 @@ class Settings:
                 tenant_id=environ.get("AZURE_TENANT_ID") or None,
                 client_id=environ.get("AZURE_CLIENT_ID") or None,
                 graph_url=environ.get("DEFGUARD_ENTRA_GRAPH_URL") or None,
+                authority_host=environ.get("AZURE_AUTHORITY_HOST", "").strip() or None,
                 static_token=Secret(graph_token.strip()) if graph_token and graph_token.strip() else None,
                 environment=azure,
                 client_secret=environ.get("AZURE_CLIENT_SECRET"),
