@@ -39,3 +39,40 @@ def graph() -> Iterator[GraphEmulator]:
 @pytest.fixture
 def org(defguard: DefguardEmulator, graph: GraphEmulator) -> Org:
     return Org(defguard, graph, seed_sample_organisation(defguard, graph))
+
+
+class _LoopbackGuard:
+    """An audit hook on ``socket.connect`` that refuses anything but loopback while ``on``."""
+
+    def __init__(self) -> None:
+        self.installed = False
+        self.on = False
+        self.refused: list[str] = []
+
+    def __call__(self, event: str, args: tuple[object, ...]) -> None:
+        if event != "socket.connect" or not self.on:
+            return
+        address = args[1]
+        host = address[0] if isinstance(address, tuple) else None
+        if isinstance(host, str) and host not in {"127.0.0.1", "::1", "localhost"}:
+            self.refused.append(host)
+            raise ConnectionRefusedError(f"the test tried to reach {host}: only loopback is allowed")
+
+
+_GUARD = _LoopbackGuard()
+
+
+@pytest.fixture
+def loopback_only() -> Iterator[list[str]]:
+    """Refuse (and list) every connection the test makes to anything but loopback (audit hooks cannot be
+    removed, so the hook is installed once and switched on per test)."""
+    import sys
+
+    if not _GUARD.installed:
+        sys.addaudithook(_GUARD)
+        _GUARD.installed = True
+    _GUARD.on, _GUARD.refused = True, []
+    try:
+        yield _GUARD.refused
+    finally:
+        _GUARD.on = False

@@ -262,13 +262,13 @@ KNOWN_AUTHORITY_HOSTS = frozenset(
 
 def validate_authority_host(value: str) -> str:
     """``AZURE_AUTHORITY_HOST``: a host (``login.microsoftonline.us``) or an ``https://`` URL without a path."""
-    text = value.strip().rstrip("/")
+    text = value.strip()
     parts = urlsplit(text if "://" in text else f"https://{text}")
-    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query or parts.username:
+    if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query or parts.username:
         raise ConfigurationError(
             f"AZURE_AUTHORITY_HOST {value!r} must be an https:// sign-in host like https://login.microsoftonline.us"
         )
-    return text
+    return text.rstrip("/")
 
 
 def _optional_secret(value: Secret | str | None) -> Secret | None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from defguard_entra.testing import SAMPLE_GROUP, DefguardEmulator, GraphEmulator, seed_sample_organisation
+from helpers import run_in_terminal
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the scripted browser is a POSIX shell script")
 
@@ -61,13 +62,11 @@ class World:
 
     def status(self, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "defguard_entra", "status", "--group-name", SAMPLE_GROUP, *flags]
-        return subprocess.run(
-            argv, env=self.env(**env), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-        )
+        return run_in_terminal(argv, self.env(**env), RUN_TIMEOUT)
 
     def sign_out(self) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "defguard_entra", "sign-out"]
-        return subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+        return run_in_terminal(argv, self.env(), RUN_TIMEOUT)
 
     def grants(self) -> list[str]:
         """What the identity emulator was asked for, in order: ``devicecode``, ``authorize`` or a token grant."""

@@ -8,8 +8,11 @@ seeded fault draws, dropped connections) lives here once.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -145,12 +148,20 @@ class EmulatorServer:
 
     server_header: ClassVar[str] = "defguard-entra-emulator"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         if host not in {"127.0.0.1", "localhost", "::1"}:
             msg = "emulators listen on loopback only"
             raise ValueError(msg)
         self._host = host
         self._port = port
+        self._tls = tls  # a server-side context: HTTPS, the handshake in the connection's own thread
         self.faults = faults or Faults()
         self.lock = threading.RLock()
         self._log: list[RecordedRequest] = []
@@ -163,7 +174,12 @@ class EmulatorServer:
     def start(self) -> Self:
         if self._httpd is not None:
             return self
-        self._httpd = _Server((self._host, self._port), _make_handler(self))
+        handler = _make_handler(self)
+        self._httpd = (
+            _Server((self._host, self._port), handler)
+            if self._tls is None
+            else _TLSServer((self._host, self._port), handler, self._tls)
+        )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -198,8 +214,9 @@ class EmulatorServer:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:<port>`` (no trailing slash)."""
-        return f"http://{self._host}:{self.port}"
+        """``http://127.0.0.1:<port>`` (``https://`` when serving TLS; no trailing slash)."""
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{self._host}:{self.port}"
 
     # -- introspection ---------------------------------------------------------------------------------------
 
@@ -274,6 +291,31 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+
+class _TLSServer(_Server):
+    """HTTPS: each accepted connection does its TLS handshake in its own thread (bounded), never in the accept
+    loop, so one slow or plain-HTTP client cannot stall the others."""
+
+    handshake_timeout = 10.0
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.tls = tls
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        sock: socket.socket = request
+        sock.settimeout(self.handshake_timeout)
+        try:
+            wrapped = self.tls.wrap_socket(sock, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # not TLS, an untrusted certificate, or too slow: the client sees the connection close
+        wrapped.settimeout(None)
+        try:
+            self.RequestHandlerClass(wrapped, client_address, self)  # type: ignore[arg-type]
+        finally:
+            with contextlib.suppress(OSError):
+                wrapped.close()
 
 
 def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:

@@ -49,8 +49,11 @@ def item_response(item_id: str, response: Response) -> dict[str, Any]:
     return out
 
 
-def validate_batch(payload: Any) -> list[dict[str, Any]]:
-    """The batch items, normalised (``method`` upper-cased, ``depends`` a list); raises 400 for a malformed batch."""
+def validate_batch(payload: Any, *, strict: bool = False) -> list[dict[str, Any]]:
+    """The batch items, normalised (``method`` upper-cased, ``depends`` a list); raises 400 for a malformed batch.
+
+    ``strict``: an absolute item URL is a 400 (the batching page: "the url property … relative to the Graph
+    version"), and only ``dependsOn`` counts (``depends_on`` is an unknown property, ignored)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
         raise bad_request('Invalid batch payload format: expected {"requests": [...]}.')
     raw_items: list[Any] = payload["requests"]
@@ -71,11 +74,13 @@ def validate_batch(payload: Any) -> list[dict[str, Any]]:
         seen.add(item_id)
         if not isinstance(method, str) or not method or not isinstance(url, str) or not url:
             raise bad_request(f"Invalid batch payload format: request '{item_id}' needs 'method' and 'url'.")
+        if strict and url.lower().startswith(("http://", "https://")):
+            raise bad_request(f"Invalid request URI '{url}': batch request URLs must be relative.")
         headers = raw.get("headers")
         if headers is not None and not isinstance(headers, dict):
             raise bad_request(f"Invalid batch payload format: 'headers' of request '{item_id}' must be an object.")
         depends: list[str] = []
-        for key in ("dependsOn", "depends_on"):
+        for key in ("dependsOn",) if strict else ("dependsOn", "depends_on"):
             value = raw.get(key)
             if value is None:
                 continue

@@ -65,8 +65,16 @@ class GraphEmulator(PatchHandler, ReadHandlers):
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        identity: Any = None,
+        strict: bool = False,
     ) -> None:
         super().__init__(host=host, port=port, faults=faults, seed=seed)
+        if identity is not None:
+            self.trust(identity)
+        #: Graph's batching page: item URLs are relative (``/users/…``), dependencies are ``dependsOn``. ``True``
+        #: answers an absolute URL with 400 and ignores ``depends_on`` as Graph does; the default stays lax (older
+        #: tests send both).
+        self.strict = strict
         #: Graph's throttling page says a batch whose items were throttled may answer as a whole with 424 (its
         #: batching page says 200 with per-item 429s, the default here): set 424 to get that answer. Modelled as:
         #: when the write quota cannot take all of a batch's writes, no item runs (not verified against Graph).
@@ -272,7 +280,7 @@ class GraphEmulator(PatchHandler, ReadHandlers):
         self._principal(request)
         if not is_json_content_type(request.header("content-type")):
             raise bad_request("Write requests must carry Content-Type: application/json.")
-        items = validate_batch(parsed_body(request))
+        items = validate_batch(parsed_body(request), strict=self.strict)
         quota = self.write_quota
         writes = sum(1 for item in items if item["method"] == "PATCH")
         if self.throttled_batch_status is not None and quota is not None and writes > quota.available:

@@ -15,6 +15,7 @@ from typing import Any
 
 from defguard_entra.testing._server import EmulatorServer, Faults, Request
 
+from ._bearer import TrustedIssuer, principal_from_claims, verify_bearer
 from ._directory import AttributeSet, Definition, Group, Principal, User, add_to_index, index_key, valid_name
 from ._wire import INSUFFICIENT, WWW_AUTHENTICATE, GraphError
 
@@ -46,6 +47,7 @@ class Tenant(EmulatorServer):
         self._definitions: dict[str, Definition] = {}
         self._tokens: dict[str, Principal] = {}
         self._invalid_tokens: dict[str, str] = {}  # token → Graph's 401 message (expired or revoked)
+        self._trusted: list[TrustedIssuer] = []  # issuers whose JWTs are accepted (see trust())
         self.admin_token = self._register(Principal("admin", self._new_id()))
 
     # -- seeding ----------------------------------------------------------------------------------------------
@@ -75,6 +77,13 @@ class Tenant(EmulatorServer):
                 name, self._new_id(), read_users, read_groups, write_attributes, read_attributes, read_definitions, user
             )
             return self._register(principal)
+
+    def trust(self, identity: Any) -> None:
+        """Accept the JWT access tokens of ``identity`` (an :class:`~defguard_entra.testing.IdentityEmulator`, or
+        anything with ``access_token_issuer`` and ``jwks``): signature, audience and lifetime are verified, and
+        the claims say what the token may do."""
+        with self.lock:
+            self._trusted.append(TrustedIssuer(identity.access_token_issuer, tuple(identity.jwks["keys"])))
 
     def invalidate_token(self, token: str, *, revoked: bool = False) -> None:
         """From now on Graph answers ``token`` with 401: expired, or (``revoked``) revoked by continuous access
@@ -272,6 +281,11 @@ class Tenant(EmulatorServer):
         if (invalid := self._invalid_tokens.get(token)) is not None:
             raise GraphError(401, "InvalidAuthenticationToken", invalid, {"WWW-Authenticate": WWW_AUTHENTICATE})
         principal = self._tokens.get(token)
+        if principal is None and self._trusted and token.count(".") == 2:
+            claims = verify_bearer(token, self._trusted)
+            if isinstance(claims, str):
+                raise GraphError(401, "InvalidAuthenticationToken", claims, {"WWW-Authenticate": WWW_AUTHENTICATE})
+            return principal_from_claims(claims)
         if principal is None:
             raise GraphError(
                 401,
