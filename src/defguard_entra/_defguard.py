@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -36,7 +36,7 @@ from ._defguard_wire import (
     read_user_pass,
 )
 from ._durations import format_for_defguard
-from ._retry import Retryable, RetryPolicy
+from ._retry import Activity, Retryable, RetryPolicy
 from ._version import __version__
 from .config import validate_defguard_url
 from .exceptions import DefguardAPIError, DefguardAuthError, DefguardUnreachableError, UnexpectedResponseError
@@ -94,6 +94,8 @@ class DefguardClient:
         self._lock = threading.Lock()
         self._server_lifetime: dt.timedelta | None = None
         self._pacer = Pacer()
+        self.activity = Activity()
+        """When Defguard last answered (for the run's watchdog)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -110,6 +112,11 @@ class DefguardClient:
     @property
     def url(self) -> str:
         return self._base
+
+    @property
+    def patience(self) -> float:
+        """The longest one try of a request may legitimately go without an answer: connect and read timeouts."""
+        return min(10.0, self._timeout) + self._timeout
 
     # -- API -------------------------------------------------------------------------------------------------
 
@@ -224,23 +231,33 @@ class DefguardClient:
             self._server_lifetime = lifetime
         return DefguardDeployment(url, lifetime, openid, ldap, tuple(problems))
 
-    def start_enrollment(self, username: str, lifetime: dt.timedelta | None = None) -> IssuedToken:
-        """Mint an enrollment token (no e-mail is sent). Deletes the user's earlier unused tokens."""
+    def start_enrollment(
+        self, username: str, lifetime: dt.timedelta | None = None, *, proceed: Callable[[], bool] | None = None
+    ) -> IssuedToken:
+        """Mint an enrollment token (no e-mail is sent). Deletes the user's earlier unused tokens.
+
+        ``proceed`` is asked before every retry: ``False`` ends the tries with the last failure (a run that was
+        stopped must not mint, minutes later, a token that replaces the one a later run stored)."""
         body: dict[str, Any] = {"email": None, "send_enrollment_notification": False}
         if lifetime is not None:
             body["token_expiration_time"] = format_for_defguard(lifetime)
         started = dt.datetime.now(dt.UTC)
-        payload, retries = self._call_counted("POST", "user", username, "start_enrollment", json=body)
+        payload, retries = self._call_counted("POST", "user", username, "start_enrollment", json=body, proceed=proceed)
         lifetime = lifetime if lifetime is not None else self._server_lifetime
         expires = started + lifetime if lifetime is not None else None
         return issued_token(payload, TokenKind.ENROLLMENT, expires, retries, base=self._base)
 
-    def start_desktop(self, username: str) -> IssuedToken:
+    def start_desktop(self, username: str, *, proceed: Callable[[], bool] | None = None) -> IssuedToken:
         """Mint a desktop-activation token (the server's default lifetime always applies; its expiry is known once
         :meth:`deployment` has read that lifetime, on 2.x). Deletes the user's earlier unused tokens."""
         started = dt.datetime.now(dt.UTC)
         payload, retries = self._call_counted(
-            "POST", "user", username, "start_desktop", json={"email": None, "send_enrollment_notification": False}
+            "POST",
+            "user",
+            username,
+            "start_desktop",
+            json={"email": None, "send_enrollment_notification": False},
+            proceed=proceed,
         )
         lifetime = self._server_lifetime
         expires = started + lifetime if lifetime else None
@@ -263,23 +280,30 @@ class DefguardClient:
         expect_json: bool = True,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        proceed: Callable[[], bool] | None = None,
     ) -> tuple[Any, int]:
-        """Send with retries; the decoded body and how many retries it took."""
+        """Send with retries (each one only while ``proceed()`` holds); the decoded body and the retries it took."""
         url = self._endpoint(*segments)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token.value}"
         tries = Tries(self._pacer)
+        last: Retryable | None = None
         try:
             for attempt in stamina.retry_context(**self.retry.stamina_options()):
                 with attempt:
+                    if last is not None and proceed is not None and not proceed():
+                        raise last.error
                     try:
                         self._pacer.wait()
                         answer = self._once(method, url, headers, params, json, expect_json=expect_json)
                         self._pacer.succeeded()
                         return answer, attempt.num - 1
                     except Retryable as exc:
+                        if not isinstance(exc, Unreachable):  # an HTTP answer, possibly asking for a wait
+                            self.activity.beat(exc.wait)
                         tries.failed(exc)
+                        last = exc
                         raise
         except Retryable as exc:  # attempts or time ran out
             raise exc.error from None
@@ -335,6 +359,7 @@ class DefguardClient:
             raise Unreachable(error, kind) from None
         except requests.RequestException as exc:
             raise DefguardUnreachableError(f"request to Defguard failed: {first_line(exc)}") from None
+        self.activity.beat()
         version = response.headers.get(VERSION_HEADER)
         if version and self._server is None:
             with self._lock:

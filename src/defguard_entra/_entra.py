@@ -31,7 +31,7 @@ from . import _attributes, _lookup, _odata
 from ._batch import FAILED_DEPENDENCY, RETRYABLE, BatchAnswer, BatchEngine, ItemAnswers, RateLimiter
 from ._credentials import AsyncCredential, close_quietly, jwt_claims
 from ._groups import GroupQueries
-from ._retry import Retryable, RetryPolicy, parse_retry_after
+from ._retry import Activity, Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
 from .config import GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
@@ -67,7 +67,7 @@ def _transport_error(base_url: str, exc: httpx.TransportError) -> EntraError:
 def _http_client(settings: GraphSettings, transport: httpx.AsyncHTTPTransport, timeout: float) -> httpx.AsyncClient:
     """Our own HTTP client for Graph: no proxy from the environment, only the one the settings give."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=10.0),
+        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
         transport=transport,
         trust_env=False,
         mounts={"all://": httpx.AsyncHTTPTransport(proxy=settings.proxy)} if settings.proxy else None,
@@ -143,9 +143,17 @@ class AsyncEntraClient(GroupQueries):
         self._adapter = _request_adapter(settings, self._credential, self._scopes, http_client)
         self.retry = retry if retry is not None else RetryPolicy()
         self.limiter = RateLimiter(write_rate)
+        self.activity = Activity()
+        """When Graph last answered (for the run's watchdog)."""
+        self._patience = min(10.0, timeout) + timeout if self._owns_http else 2 * GRAPH_MIN_TIMEOUT
         self.stats: dict[str, int] = {"requests": 0, "throttled": 0, "retries": 0}
         self._engine = BatchEngine(
-            self._post_batch, limiter=self.limiter, retry=self.retry, stats=self.stats, parallel=parallel_batches
+            self._post_batch,
+            limiter=self.limiter,
+            retry=self.retry,
+            stats=self.stats,
+            parallel=parallel_batches,
+            activity=self.activity,
         )
 
     @classmethod
@@ -193,6 +201,12 @@ class AsyncEntraClient(GroupQueries):
                 await self._transport.aclose()
         await self._credential.close()  # only when it is ours
 
+    @property
+    def patience(self) -> float:
+        """The longest one try of a request may legitimately go without an answer: connect and read timeouts
+        (an injected HTTP client's own are not read: twice the minimum Graph timeout is assumed)."""
+        return self._patience
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -239,6 +253,7 @@ class AsyncEntraClient(GroupQueries):
             raise EntraError("the Graph SDK returned no HTTP response")
         if response.status_code in RETRYABLE:
             wait = parse_retry_after(response.headers.get("Retry-After"))
+            self.activity.beat(wait)
             code, message = _response_error(response)
             self.stats["throttled"] += response.status_code == 429
             if response.status_code == 429 and method == "PATCH":
@@ -247,6 +262,7 @@ class AsyncEntraClient(GroupQueries):
                 EntraAPIError(response.status_code, code, message, method=method, url=url.split("?", maxsplit=1)[0]),
                 wait,
             )
+        self.activity.beat()
         return response
 
     async def _send(
@@ -350,10 +366,19 @@ class AsyncEntraClient(GroupQueries):
         self,
         set_name: str,
         values: Mapping[str, Mapping[str, str | None]],
+        *,
+        on_written: Callable[[str, bool], None] | None = None,
     ) -> dict[str, WriteResult]:
-        """Write attributes for many users (``{entra_id: {attribute: value-or-None}}``) in paced ``$batch``es."""
-        answers = await self._engine.write(_attributes.patch_items(set_name, values))
-        return _attributes.write_results(list(values), answers)
+        """Write attributes for many users (``{entra_id: {attribute: value-or-None}}``) in paced ``$batch``es;
+        ``on_written(entra_id, ok)`` hears of each write as soon as it is final (others may still be retried)."""
+        entra_ids = list(values)
+
+        def on_item(item_id: str, answer: Mapping[str, Any]) -> None:
+            if on_written is not None:
+                on_written(entra_ids[int(item_id)], 200 <= int(answer.get("status", 0)) < 300)
+
+        answers = await self._engine.write(_attributes.patch_items(set_name, values), on_item)
+        return _attributes.write_results(entra_ids, answers)
 
     async def read_attributes(
         self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None

@@ -420,6 +420,9 @@ class Settings:
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
     #: ``http://`` to a Defguard that is not on loopback: refused unless this is set (``--allow-insecure-http``).
     allow_insecure_http: bool = False
+    #: Seconds of silence from both services that end a provision run (``--stall-timeout``); ``None``: derived
+    #: from the timeouts and the retry policy (see :meth:`ProvisioningService.stall_limit`).
+    stall_timeout: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
@@ -474,5 +477,7 @@ class Settings:
         validate_seconds("--graph-write-rate", self.graph_write_rate, zero="unlimited", unit="writes per second")
         validate_seconds("--timeout", self.timeout)
         validate_seconds("--max-retry-time", self.retry.timeout)
+        if self.stall_timeout is not None:
+            validate_seconds("--stall-timeout", self.stall_timeout)
         self.graph.validate()
         return self

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
+from collections.abc import Callable
 from email.utils import format_datetime
 
 import pytest
 
 from defguard_entra._retry import parse_retry_after
 from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, WriteQuota, environment
+from defguard_entra.testing._server import EmulatorServer
 from helpers import run_cli
 
 
@@ -182,3 +186,86 @@ def test_defguard_rate_limiter_is_survived_with_one_shared_pace() -> None:
         assert _consistent(defguard, graph, ids) == []
         assert limit.refused > 0
         assert limit.refused < 40  # each worker on its own (no shared pace) was refused 66 times in this run
+
+
+# -- the run-level watchdog: a server that stops answering mid-run --------------------------------------------------
+
+
+def _silence_when(emulator: EmulatorServer, ready: Callable[[], bool]) -> threading.Thread:
+    """Make ``emulator`` stop answering (it still accepts connections) as soon as ``ready()`` holds."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        emulator.go_silent()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("silent", ["defguard", "graph"])
+def test_a_server_that_stops_answering_mid_run_ends_the_run_in_bounded_time(silent: str, tmp_path) -> None:
+    """Mid-run, one service accepts connections and never answers. Its read timeout (20 s for Defguard, 30 s for
+    Graph) would hold every request in flight; the watchdog (``--stall-timeout 2``) ends the run instead: exit 1,
+    the report written, every member with an explicit status (the ones done before the silence ``provisioned``,
+    the rest ``failed`` saying the run stalled), and the members whose tokens were in flight left open in the
+    journal, so the next run, with the server back, repairs them and every member ends consistent."""
+    state = tmp_path / "state"
+    with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
+        ids = _seed(defguard, graph, 160)
+        defguard.faults = Faults(latency=0.01)
+        graph.faults = Faults(latency=0.01)
+        if silent == "defguard":
+            _silence_when(defguard, lambda: len(defguard.requests_to("start_enrollment")) >= 50)
+        else:
+            _silence_when(graph, lambda: graph.write_count >= 41)
+        path = tmp_path / "r.json"
+        env = {**environment(defguard, graph), "DEFGUARD_ENTRA_STATE_DIR": str(state)}
+        argv = ["--group-name", "G", "--report", str(path), "--no-progress", "--timeout", "20", "--stall-timeout", "2"]
+        started = time.monotonic()
+        result = run_cli(argv, env)
+        elapsed = time.monotonic() - started
+        assert result.code == 1, result.stderr
+        assert elapsed < 12, elapsed  # the stall limit and the start-up, not a read timeout (20 s or 30 s)
+        report = json.loads(path.read_text())
+        users = {u["username"]: u for u in report["users"]}
+        assert set(users) == set(ids)  # every member accounted for, once
+        statuses = {u["status"] for u in users.values()}
+        assert statuses == {"provisioned", "failed"}, statuses
+        failed = [u for u in users.values() if u["status"] == "failed"]
+        assert all("the run stalled" in u["error"] for u in failed)
+        assert any("stalled" in note for note in report["notes"])
+        assert "Traceback" not in result.stderr
+        in_flight = [u for u in failed if "not attempted" not in u["error"]]
+        assert in_flight, "no member was in flight when the server went silent: the test would prove little"
+        journal = next(state.glob("journal-*.jsonl"))
+        open_users = {json.loads(line).get("user") for line in journal.read_text().splitlines()}
+        assert {u["username"] for u in in_flight} <= open_users
+        defguard.resume()
+        graph.resume()
+        again = run_cli(["--group-name", "G", "--no-progress"], env)
+        assert again.code == 0, again.stderr
+        assert _consistent(defguard, graph, ids) == []
+
+
+def test_the_stall_limit_is_derived_from_the_timeouts() -> None:
+    """Without ``--stall-timeout``: twice the longest one try may go unanswered (Graph: 10 s to connect and 30 s
+    to read at the default ``--timeout 30``) plus the longest back-off (10 s): 90 s."""
+    import asyncio
+
+    from defguard_entra import ProvisioningService
+    from defguard_entra._defguard import DefguardClient
+    from defguard_entra._entra import AsyncEntraClient
+    from defguard_entra.config import GraphSettings
+
+    async def limits() -> tuple[float, float]:
+        graph = AsyncEntraClient(GraphSettings(), credential=object(), timeout=30.0)
+        with DefguardClient("http://127.0.0.1:9", "t", timeout=30.0) as defguard:
+            derived = ProvisioningService(defguard, graph).stall_limit()
+            given = ProvisioningService(defguard, graph, stall_timeout=7.5).stall_limit()
+        await graph.aclose()
+        return derived, given
+
+    assert asyncio.run(limits()) == (90.0, 7.5)

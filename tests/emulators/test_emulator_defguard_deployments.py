@@ -310,3 +310,32 @@ def test_rate_limiter_follows_tower_governor() -> None:
     with DefguardEmulator("2.0", rate_limit=RateLimit(period=2.5, burst=1)) as emu:
         assert _get(emu, "/api/v1/me").status_code == 200
         assert _get(emu, "/api/v1/me").headers["retry-after"] == "2"
+
+
+@pytest.mark.parametrize("kind", ["defguard", "graph"])
+def test_a_silent_emulator_accepts_and_never_answers(kind: str) -> None:
+    """A hung server (issue 14: "accepts connections and never answers"): the TCP connection is accepted and the
+    request read, and no byte comes back, so the client's read timeout is what ends the wait (requests
+    documentation, "Timeouts": the read timeout is "the number of seconds the client will wait for the server to
+    send a response"; httpx documentation, "Timeouts": ``ReadTimeout``). ``go_silent(after=n)`` answers n more
+    requests first, so a test can make a server stop answering mid-run; ``resume`` answers again."""
+    import socket
+
+    from defguard_entra.testing import GraphEmulator
+
+    emulator: Any = DefguardEmulator("2.0") if kind == "defguard" else GraphEmulator()
+    with emulator:
+        path = "/api/v1/health" if kind == "defguard" else "/v1.0/users"
+        emulator.go_silent(after=1)
+        assert requests.get(emulator.base_url + path, timeout=5).status_code in {200, 401}
+        assert emulator.silent
+        with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+            assert emulator.requests_to("held")
+            emulator.resume()
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # the held request is dropped, not answered
+        assert requests.get(emulator.base_url + path, timeout=5).status_code in {200, 401}

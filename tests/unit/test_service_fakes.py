@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from defguard_entra import ProvisioningService
+from defguard_entra._retry import Activity
 from defguard_entra.config import GraphSettings
 from defguard_entra.exceptions import ConfigurationError, EntraAPIError, PreflightError
 from defguard_entra.models import (
@@ -49,6 +50,8 @@ class FakeDefguard:
         self.version = version
         self.minted: list[tuple[str, TokenKind]] = []
         self.on_mint: Any = None  # called with the username after each token
+        self.activity = Activity()
+        self.patience = 60.0
 
     @property
     def url(self) -> str:
@@ -85,10 +88,12 @@ class FakeDefguard:
             self.on_mint(username)
         return token
 
-    def start_enrollment(self, username: str, lifetime: dt.timedelta | None = None) -> IssuedToken:
+    def start_enrollment(
+        self, username: str, lifetime: dt.timedelta | None = None, *, proceed: Any = None
+    ) -> IssuedToken:
         return self._issue(username, TokenKind.ENROLLMENT)
 
-    def start_desktop(self, username: str) -> IssuedToken:
+    def start_desktop(self, username: str, *, proceed: Any = None) -> IssuedToken:
         return self._issue(username, TokenKind.DESKTOP)
 
 
@@ -98,6 +103,8 @@ class FakeGraph:
     def __init__(self, users: Sequence[EntraUser]) -> None:
         self.settings = GraphSettings()
         self.base_url = "https://graph.example.com/v1.0"
+        self.activity = Activity()
+        self.patience = 60.0
         self.users = list(users)
         self.aliases: dict[str, EntraUser] = {}  # extra addresses that resolve to a user
         self.values: dict[str, dict[str, Any]] = {}
@@ -156,7 +163,7 @@ class FakeGraph:
         return out
 
     async def write_attributes(
-        self, set_name: str, values: Mapping[str, Mapping[str, str | None]]
+        self, set_name: str, values: Mapping[str, Mapping[str, str | None]], *, on_written: Any = None
     ) -> Mapping[str, WriteResult]:
         results = {}
         for entra_id, pair in values.items():

@@ -77,12 +77,14 @@ class DefguardFlags:
 
 @attrs.frozen
 class PaceFlags:
-    """``--concurrency``, ``--graph-write-rate``, ``--retries``, ``--max-retry-time`` (those a command has)."""
+    """``--concurrency``, ``--graph-write-rate``, ``--retries``, ``--max-retry-time``, ``--stall-timeout`` (those a
+    command has)."""
 
     concurrency: int | None = None
     graph_write_rate: float | None = None
     retries: int | None = None
     max_retry_time: float | None = None
+    stall_timeout: float | None = None
 
 
 #: The option groups, by the field that holds them.

@@ -362,6 +362,14 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool 
         pace.add_argument(
             "--concurrency", type=int, default=None, metavar="N", help="parallel Defguard token requests (default 16)"
         )
+        pace.add_argument(
+            "--stall-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="end the run when neither Defguard nor Graph has answered for this long, the members in flight "
+            "failed (default: twice the longest one request may take, plus the longest back-off: 90 at --timeout 30)",
+        )
     if writes:
         pace.add_argument(
             "--graph-write-rate",

@@ -209,6 +209,8 @@ def load_settings(
         )
     if pace.concurrency is not None:
         changes["concurrency"] = pace.concurrency
+    if pace.stall_timeout is not None:
+        changes["stall_timeout"] = validate_seconds("--stall-timeout", pace.stall_timeout)
     retries, retry_time = pace.retries, pace.max_retry_time
     if retries is not None or retry_time is not None:
         if retries is not None and retries < 0:

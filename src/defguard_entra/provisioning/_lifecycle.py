@@ -52,7 +52,9 @@ class ServiceLifecycle:
         if self._owns:
             await self.entra.aclose()
             self.defguard.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Not waiting: after a stalled run a worker may still be inside a request nobody answers; it ends at its
+        # own timeout, and its result is discarded (the journal kept that member open).
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._closed:

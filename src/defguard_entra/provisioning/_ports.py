@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from .._retry import Activity
 from ..config import GraphSettings
 from ..models import (
     AttributeSetCheck,
@@ -37,8 +38,12 @@ T = TypeVar("T")
 class DefguardPort(Protocol):
     """The Defguard core API, blocking (the service runs each call on its worker threads)."""
 
+    activity: Activity  # when it last answered (the run's watchdog reads it)
+
     @property
     def url(self) -> str: ...
+    @property
+    def patience(self) -> float: ...  # the longest one try may go unanswered (connect and read timeouts)
     def close(self) -> None: ...
     def server(self) -> DefguardServer: ...
     def me(self) -> DefguardUser: ...
@@ -47,8 +52,10 @@ class DefguardPort(Protocol):
     def users(self) -> dict[str, DefguardUser]: ...
     def user(self, username: str) -> DefguardUser | None: ...
     def deployment(self) -> DefguardDeployment: ...
-    def start_enrollment(self, username: str, lifetime: dt.timedelta | None = None) -> IssuedToken: ...
-    def start_desktop(self, username: str) -> IssuedToken: ...
+    def start_enrollment(
+        self, username: str, lifetime: dt.timedelta | None = None, *, proceed: Callable[[], bool] | None = None
+    ) -> IssuedToken: ...
+    def start_desktop(self, username: str, *, proceed: Callable[[], bool] | None = None) -> IssuedToken: ...
 
 
 class GraphPort(Protocol):
@@ -56,6 +63,10 @@ class GraphPort(Protocol):
 
     settings: GraphSettings
     base_url: str
+    activity: Activity
+
+    @property
+    def patience(self) -> float: ...
 
     async def aclose(self) -> None: ...
     async def sign_in(self) -> None: ...
@@ -72,7 +83,11 @@ class GraphPort(Protocol):
         self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None
     ) -> Mapping[str, Mapping[str, Any] | None]: ...
     async def write_attributes(
-        self, set_name: str, values: Mapping[str, Mapping[str, str | None]]
+        self,
+        set_name: str,
+        values: Mapping[str, Mapping[str, str | None]],
+        *,
+        on_written: Callable[[str, bool], None] | None = None,
     ) -> Mapping[str, WriteResult]: ...
 
 

@@ -2,8 +2,9 @@
 
 The write probe comes first (a write that changes nothing). Then one member at a time until a token is minted, so
 that a server failing every token request is found after a few members and the first token's URL is checked; then
-two batches in flight, one minting while the other is written. That bounds the tokens minted and not yet stored
-(the journal's window) to two batches whatever happens to the run. The breaker and the abort rules stop minting
+batches of 20, with at most 40 tokens minted and not yet stored (:mod:`._window`): that bounds what the journal
+can hold open to two batches' worth whatever happens to the run. A watchdog ends a run neither service answers.
+The breaker and the abort rules stop minting
 when the fault is not one member's.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -30,6 +33,7 @@ from ..exceptions import (
 )
 from ..models import EnrollmentAttributes, IssuedToken, Status, TokenKind
 from ._ports import Clients
+from ._window import Places, Window
 from .checklist import WRITE_ATTRIBUTES
 from .journal import Journal
 from .plan import Member, enrollment_url_problem, settled_safely
@@ -38,15 +42,24 @@ from .report import Progress, log
 __all__ = ["mint_and_write", "probe_write"]
 
 
+T = TypeVar("T")
+
+
 class _Abort(Exception):  # noqa: N818 - internal: stop minting, settle the rest
+    pass
+
+
+class _NotStarted(Exception):  # noqa: N818 - internal: a token request that was never sent
     pass
 
 
 #: Server errors (5xx) in a row that stop minting: before the first token was minted, and after.
 _FAULTS_BEFORE_FIRST_TOKEN = 3
 _FAULTS_IN_A_ROW = 8
-#: Batches minted and not yet stored at any moment: the most an abnormal end can leave stale.
-_BATCHES_IN_FLIGHT = 2
+#: Tokens minted (or being minted) and not yet stored at any moment: two batches' worth, the most an abnormal end
+#: can leave stale. Counted in tokens, not batches: a batch whose last few writes wait out a ``Retry-After`` holds
+#: only their places, and the next batch mints meanwhile.
+_UNSTORED_TOKENS = 2 * BATCH_LIMIT
 
 
 class _Breaker:
@@ -111,9 +124,15 @@ class _Minting:
     progress: Progress | None
     stop: threading.Event | None
     journal: Journal | None
+    stall_after: float | None = None
     breaker: _Breaker = attrs.field(factory=_Breaker)
     abort: list[str] = attrs.field(factory=list)
     done: int = 0
+    #: Why no token request may be sent any more (set by a worker or the watchdog; read by the workers).
+    halt: str | None = None
+    stalled: str | None = None
+    started: list[Member] = attrs.field(factory=list)
+    progressed: float = attrs.field(factory=time.monotonic)
 
     @property
     def stopped(self) -> bool:
@@ -124,6 +143,55 @@ class _Minting:
         return enrollment_url_problem(token.url, defguard.url, defguard.server().major)
 
     async def run(self) -> tuple[str | None, bool]:
+        """Mint and store under the watchdog: when neither service answers for :attr:`stall_after` seconds, the
+        work is cancelled and every member not settled ends ``failed``, saying that the run stalled."""
+        work = asyncio.ensure_future(self.pipeline())
+        watch = asyncio.ensure_future(self.watch(work))
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.stalled is None:  # cancelled from outside: not ours to settle
+                raise
+            self.settle_stalled(self.stalled)
+            return None, False
+        finally:
+            watch.cancel()
+
+    async def watch(self, work: asyncio.Future[Any]) -> None:
+        limit = self.stall_after
+        if limit is None or limit <= 0:
+            return
+        defguard, entra = self.clients.defguard.activity, self.clients.entra.activity
+        while not work.done():
+            quiet = time.monotonic() - max(defguard.quiet_since, entra.quiet_since, self.progressed)
+            if quiet >= limit:
+                self.stalled = self.halt = (
+                    f"the run stalled: neither Defguard nor Microsoft Graph answered for {limit:g} s (--stall-timeout)"
+                )
+                log.error("%s; stopping the run", self.stalled)
+                work.cancel()
+                return
+            await asyncio.sleep(min(1.0, max(0.02, limit - quiet)))
+
+    def settle_stalled(self, why: str) -> None:
+        started = {id(m) for m in self.started}
+        for member in self.todo:
+            if member.status is not None:
+                continue
+            if id(member) not in started:
+                member.settle(Status.FAILED, f"not attempted: {why}")
+            elif member.token is not None:
+                member.settle(Status.FAILED, _unusable(f"{why}; the token minted was not stored"))
+            else:
+                # The request may have reached Defguard (which then cancelled the previous token): the journal
+                # keeps this member open, so the next run (with a state directory) repairs it first.
+                member.settle(
+                    Status.FAILED,
+                    f"{why}; its token request got no answer: Defguard may have minted a token that was not "
+                    "stored, re-run to issue a new one",
+                )
+
+    async def pipeline(self) -> tuple[str | None, bool]:
         todo, total = self.todo, len(self.todo)
         start = 0
         while start < total and not self.breaker.minted and not self.abort and not self.stopped:
@@ -136,16 +204,20 @@ class _Minting:
                 for m in todo[start:]:
                     m.settle(Status.FAILED, "not attempted: Defguard's enrollment URL cannot work (see the error)")
                 return problem, False
-        gate = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+        window = Window(_UNSTORED_TOKENS)
 
         async def gated(chunk: Sequence[Member]) -> None:
-            async with gate:
-                await self.step(chunk)
+            await window.take(len(chunk))
+            places = Places(window, len(chunk))
+            try:
+                await self.step(chunk, places)
+            finally:
+                places.give(places.held)
 
         await asyncio.gather(*(gated(c) for c in chunked(todo[start:], BATCH_LIMIT)))
         return None, self.stopped
 
-    async def step(self, chunk: Sequence[Member]) -> None:
+    async def step(self, chunk: Sequence[Member], places: Places | None = None) -> None:
         if self.abort or self.stopped:
             for m in chunk:
                 if self.stopped:
@@ -155,46 +227,70 @@ class _Minting:
             if self.stopped:  # not started: progress counts only the members worked on
                 return
         else:
+            self.started.extend(chunk)
             try:
-                await self.journaled(chunk)
+                await self.journaled(chunk, places)
             except _Abort as exc:
                 self.abort.append(str(exc))
+                self.halt = self.halt or str(exc)
+        self.progressed = time.monotonic()
         self.done += len(chunk)
         if self.progress is not None:
             self.progress(self.done, len(self.todo))
 
-    async def journaled(self, chunk: Sequence[Member]) -> None:
+    async def journaled(self, chunk: Sequence[Member], places: Places | None) -> None:
         journal = self.journal
         if journal is not None:
             journal.minting(m.username for m in chunk if m.username)
         try:
-            await self.mint_and_store(chunk)
+            await self.mint_and_store(chunk, places)
         finally:
             if journal is not None:  # what is confirmed stored, or surely not minted; the rest stays stale
                 journal.done(m.username for m in chunk if m.username and settled_safely(m))
 
+    def unless_halted(self, fn: Callable[..., T], *args: Any) -> T:
+        """On a worker thread: ``fn(*args)``, unless the run was halted while this call waited for a thread (a
+        token request queued behind a dead server is then never sent); no retry once it is halted either."""
+        if self.halt is not None:
+            raise _NotStarted(self.halt)
+        return fn(*args, proceed=self.proceeding)
+
+    def proceeding(self) -> bool:
+        return self.halt is None
+
     async def mint(self, member: Member) -> IssuedToken | None:
         assert member.defguard is not None
-        username, defguard, breaker = member.defguard.username, self.clients.defguard, self.breaker
+        try:
+            return await self.mint_once(member)
+        except _NotStarted as exc:
+            member.settle(Status.FAILED, f"not attempted: {exc}")
+            return None
+
+    async def mint_once(self, member: Member) -> IssuedToken | None:
+        assert member.defguard is not None
+        username, defguard, breaker, dg = member.defguard.username, self.clients.defguard, self.breaker, self.clients.dg
+        guarded = self.unless_halted
         try:
             if member.kind is not TokenKind.DESKTOP:
                 try:
-                    token = await self.clients.dg(defguard.start_enrollment, username, self.lifetime)
+                    token: IssuedToken = await dg(guarded, defguard.start_enrollment, username, self.lifetime)
                 except DefguardAlreadyActivatedError:
                     # The server's answer is final (1.6: the user has a password; 2.x: a race) and changed nothing.
                     member.kind = TokenKind.DESKTOP
                 else:
                     breaker.success()
                     return token
-            token = await self.clients.dg(defguard.start_desktop, username)
+            token = await dg(guarded, defguard.start_desktop, username)
         except DefguardUserDisabledError:
             member.settle(Status.DISABLED, "disabled in Defguard since the user list was read: no token minted")
             return None
         except DefguardAuthError as exc:
             member.settle(Status.FAILED, f"Defguard refused the API token: {exc}")
+            self.halt = self.halt or "Defguard refused the API token mid-run"
             raise _Abort(f"Defguard refused the API token mid-run ({exc.status} {exc.message})") from None
         except DefguardUnreachableError as exc:
             member.settle(Status.FAILED, f"Defguard: {exc}")
+            self.halt = self.halt or f"Defguard became unreachable ({exc})"
             raise _Abort(f"Defguard became unreachable ({exc})") from None
         except DefguardError as exc:
             member.settle(Status.FAILED, f"Defguard: {exc}")
@@ -206,7 +302,7 @@ class _Minting:
         breaker.success()
         return token
 
-    async def mint_and_store(self, chunk: Sequence[Member]) -> None:
+    async def mint_and_store(self, chunk: Sequence[Member], places: Places | None = None) -> None:
         minted = await asyncio.gather(*(self.mint(m) for m in chunk), return_exceptions=True)
         to_write: dict[str, Mapping[str, str | None]] = {}
         owners: dict[str, Member] = {}
@@ -226,7 +322,7 @@ class _Minting:
             to_write[member.entra.id] = EnrollmentAttributes(token=result.token, url=result.url).to_graph()
             owners[member.entra.id] = member
         if to_write:
-            refused = await self.write(to_write, owners)
+            refused = await self.write(to_write, owners, places)
             abort = abort or refused
         if abort is not None:
             for member in chunk:
@@ -235,11 +331,20 @@ class _Minting:
             raise abort
 
     async def write(
-        self, to_write: Mapping[str, Mapping[str, str | None]], owners: Mapping[str, Member]
+        self, to_write: Mapping[str, Mapping[str, str | None]], owners: Mapping[str, Member], places: Places | None
     ) -> _Abort | None:
-        """Store the minted tokens; a systematic refusal (every write of the batch) is returned as the abort."""
+        """Store the minted tokens; a systematic refusal (every write of the batch) is returned as the abort.
+        Each write that is final gives its place back at once (a stored one is also done in the journal)."""
+
+        def stored(entra_id: str, ok: bool) -> None:
+            if places is not None:
+                places.give()
+            username = owners[entra_id].username
+            if ok and self.journal is not None and username:
+                self.journal.done([username])
+
         try:
-            results = await self.clients.entra.write_attributes(self.clients.attribute_set, to_write)
+            results = await self.clients.entra.write_attributes(self.clients.attribute_set, to_write, on_written=stored)
         except EntraError as exc:
             for member in owners.values():
                 member.settle(Status.FAILED, _unusable(f"Graph write failed: {exc}"))
@@ -266,9 +371,17 @@ async def mint_and_write(
     progress: Progress | None,
     stop: threading.Event | None,
     journal: Journal | None,
+    stall_after: float | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[str | None, bool]:
-    """Mint for ``todo`` and store each token; the fatal error (a URL that cannot work), and whether interrupted."""
-    return await _Minting(clients, todo, lifetime, progress, stop, journal).run()
+    """Mint for ``todo`` and store each token; the fatal error (a URL that cannot work), and whether interrupted.
+    ``stall_after``: the watchdog's limit in seconds of silence from both services (``None``: no watchdog); when
+    it fires, the reason is added to ``notes``."""
+    minting = _Minting(clients, todo, lifetime, progress, stop, journal, stall_after)
+    result = await minting.run()
+    if minting.stalled is not None and notes is not None:
+        notes.append(minting.stalled + ": the members in flight and not yet done ended failed")
+    return result
 
 
 def _unusable(reason: str) -> str:

@@ -56,6 +56,7 @@ class ProvisioningService(ServiceLifecycle):
         concurrency: int = 16,
         owns_clients: bool = False,
         state_dir: Path | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         self.defguard: DefguardPort = defguard
         self.entra: GraphPort = entra
@@ -63,6 +64,8 @@ class ProvisioningService(ServiceLifecycle):
         """Where the journal of tokens in flight and the run lock live (per Defguard instance and group); ``None``
         turns both off (see :mod:`defguard_entra.provisioning.journal`)."""
         self.attribute_set = attribute_set
+        self.stall_timeout = stall_timeout
+        """Seconds of silence from both services that end a provision run; ``None``: :meth:`stall_limit`."""
         self.concurrency = max(1, concurrency)
         self._owns = owns_clients
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="defguard")
@@ -110,9 +113,21 @@ class ProvisioningService(ServiceLifecycle):
             concurrency=settings.concurrency,
             owns_clients=True,
             state_dir=state_dir,
+            stall_timeout=settings.stall_timeout,
         )
         service._options.update(defguard_url=settings.defguard_url, graph_url=settings.graph.base_url)
         return service
+
+    def stall_limit(self) -> float:
+        """The watchdog's limit: :attr:`stall_timeout`, or else twice the longest one try of a request may go
+        unanswered (connect and read timeouts of the slower service: two tries that time out in a row, what the
+        Defguard client allows) plus the longest back-off between tries: 90 s at the default ``--timeout 30``
+        (Graph: 10 s to connect, 30 s to read). Waits a server asks for (``Retry-After``) do not count."""
+        if self.stall_timeout is not None:
+            return self.stall_timeout
+        retry = getattr(self.defguard, "retry", None)
+        back_off = retry.wait_max if retry is not None else 10.0
+        return 2 * max(self.defguard.patience, self.entra.patience) + back_off
 
     def _guard(self, group_name: str, group_source: GroupSource, *, write: bool) -> RunGuard:
         return run_guard(self.state_dir, self.defguard.url, group_name, group_source, write=write)
@@ -204,7 +219,14 @@ class ProvisioningService(ServiceLifecycle):
                 plan.settle_planned()
             elif plan.mint:
                 fatal, interrupted = await mint.mint_and_write(
-                    clients, plan.mint, lifetime, progress=progress, stop=stop, journal=journal
+                    clients,
+                    plan.mint,
+                    lifetime,
+                    progress=progress,
+                    stop=stop,
+                    journal=journal,
+                    stall_after=self.stall_limit(),
+                    notes=run.notes,
                 )
             run.mark("write")
             log.info("minted and stored %d tokens (%.2fs)", sum(m.token is not None for m in members), run.seconds)

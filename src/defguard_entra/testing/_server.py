@@ -168,6 +168,8 @@ class EmulatorServer:
         self._counts: collections.Counter[str] = collections.Counter()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._answers_left: int | None = None  # None: answering; n: n more answers, then silence
+        self._released = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class EmulatorServer:
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self._released.set()  # held requests: close their connections, unanswered
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -239,6 +242,39 @@ class EmulatorServer:
         with self.lock:
             self._log.clear()
             self._counts.clear()
+
+    # -- a hung server ---------------------------------------------------------------------------------------
+
+    def go_silent(self, *, after: int = 0) -> None:
+        """Answer ``after`` more requests, then none: connections are still accepted and requests read, but no
+        answer is ever sent (a hung server or a stalled proxy), until :meth:`resume` or :meth:`stop`, which close
+        the held connections unanswered. Held requests are logged with the endpoint ``held`` and no status."""
+        with self.lock:
+            self._released.clear()
+            self._answers_left = max(0, after)
+
+    def resume(self) -> None:
+        """Answer again (held requests are dropped, not answered)."""
+        with self.lock:
+            self._answers_left = None
+        self._released.set()
+
+    @property
+    def silent(self) -> bool:
+        with self.lock:
+            return self._answers_left == 0
+
+    def _hold(self, request: Request) -> bool:
+        """Whether this request is held unanswered (and then wait until released)."""
+        with self.lock:
+            if self._answers_left is None:
+                return False
+            if self._answers_left > 0:
+                self._answers_left -= 1
+                return False
+        self.record(request, "held", None)
+        self._released.wait()
+        return True
 
     # -- for subclasses --------------------------------------------------------------------------------------
 
@@ -337,6 +373,9 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             raw_path, _, query = target.partition("?")
             headers = {k.lower(): v for k, v in self.headers.items()}
             request = Request(self.command, raw_path, query, headers, body)
+            if emulator._hold(request):  # noqa: SLF001
+                self.close_connection = True
+                return
             response = emulator._serve(request)  # noqa: SLF001
             if response is DROP:
                 self.close_connection = True
