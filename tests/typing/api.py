@@ -49,7 +49,7 @@ from defguard_entra import (
     fetch_provisioning_config,
     write_export,
 )
-from defguard_entra.testing import DROP, Faults, WriteQuota, environment, running_emulators
+from defguard_entra.testing import DROP, Faults, GraphEmulator, WriteQuota, environment, running_emulators
 
 
 def settings() -> Settings:
@@ -62,6 +62,7 @@ def settings() -> Settings:
 
 def sync_service(settings: Settings) -> Report:
     with ProvisioningService.from_settings(settings, prompt=print) as service:
+        assert_type(service.sign_in(), None)
         report = service.provision(
             "VPN Users",
             lifetime=dt.timedelta(days=2),
@@ -213,3 +214,16 @@ def emulators() -> None:
         if scenario is not None:
             assert_type(scenario.group, str)
     Faults(rates={503: 0.1, DROP: 0.05}, endpoints={"start_enrollment"}, seed=1)
+
+
+def identity_emulator() -> None:
+    from defguard_entra.testing import IdentityEmulator, make_certificate
+
+    with IdentityEmulator(auto_approve="admin@contoso.com") as idp, GraphEmulator(identity=idp, strict=True):
+        app = idp.add_app(delegated=("User.Read",))
+        assert_type(app.client_id, str)
+        assert_type(idp.environment(), dict[str, str])
+        assert_type(idp.browser_command("decline"), str)
+        assert_type(idp.issued, list[dict[str, Any]])
+        idp.refuse(65001)
+        make_certificate()
