@@ -62,6 +62,8 @@ _MEANINGS: Mapping[str, tuple[str, str]] = {
     "AADSTS70016": ("the device code sign-in is still pending", "finish the sign-in in the browser"),
     "AADSTS70043": ("the refresh token expired (sign-in frequency)", "sign in again"),
     "AADSTS70019": ("the device code expired before the sign-in finished", "run again and enter the code in time"),
+    # the token endpoint's ``expired_token`` for a device code: "…is not valid. This device code has expired."
+    "AADSTS70020": ("the device code expired before the sign-in finished", "run again and enter the code in time"),
     "AADSTS700082": ("the refresh token expired after inactivity", "sign in again"),
     "AADSTS700084": ("the refresh token expired", "sign in again"),
     "AADSTS700016": (
@@ -75,6 +77,13 @@ _MEANINGS: Mapping[str, tuple[str, str]] = {
     "AADSTS90072": ("the account is not in this tenant", "sign in with an account of the tenant, or fix --tenant-id"),
     "AADSTS500011": ("the resource is not found in the tenant", "check --cloud and --graph-url"),
     "AADSTS70011": ("a scope is not valid", "check --graph-url and --cloud (the scopes are the Graph root's)"),
+}
+#: azure-identity's own texts for a sign-in that ended without Entra's refusal (1.27.0), in our words.
+_SDK_TEXTS: Mapping[str, str] = {
+    # _credentials/device_code.py: MSAL stopped polling at the code's ``expires_in`` with the sign-in still pending
+    "Timed out waiting for user to authenticate": (
+        "the device code expired before the sign-in finished; fix: run again and enter the code in time"
+    ),
 }
 _TOOL_MESSAGES = ("not found on path", "is not recognized", "failed to execute", "failed to invoke")
 _SIGNED_OUT_MESSAGES = ("az login", "no accounts were found", "expired")  # AzureCliCredential, MSAL's cache
@@ -133,6 +142,12 @@ def _inner_failure(text: str) -> str:
     return f"{attempts[-1][0]}: {attempts[-1][1]}" if attempts else text
 
 
+def _unescaped(text: str) -> str:
+    """Entra's raw JSON (as MSAL quotes it in a message) with its ``\\r\\n`` escapes made line breaks again, so
+    that the trace and correlation ids after the description stay out of the line."""
+    return text.replace("\\r\\n", "\n").replace("\\n", "\n").replace('"', "\n")
+
+
 def _aadsts(text: str) -> str | None:
     """``AADSTS65001 (consent is missing): The user or administrator has not consented…; fix: …``, or ``None``."""
     match = _CODE.search(text)
@@ -146,14 +161,35 @@ def _aadsts(text: str) -> str | None:
     return f"{code} ({meaning}){': ' + said if said else ''}; fix: {fix}"
 
 
+def _chained_texts(exc: BaseException) -> list[str]:
+    """The messages of the exceptions ``exc`` was raised from or while handling (a few levels).
+
+    MSAL 1.39 (``authority.py``) answers a tenant Entra does not know (AADSTS90002 at the OpenID configuration) with
+    a ``ValueError`` of its own raised while handling the one that carries Entra's answer, and azure-identity
+    (``_internal/decorators.py``) wraps that in a ``ClientAuthenticationError``: the code is only in the chain."""
+    texts: list[str] = []
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and len(texts) < 5:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return texts
+
+
 def _client_auth_error(exc: ClientAuthenticationError) -> EntraAuthError:
     text = exc.message or str(exc)
     inner = _inner_failure(text)
-    cause = sign_in_cause(text)
     coded = _aadsts(inner)
+    if coded is None:  # Entra's code may sit only in an exception further down the chain
+        chained = next((t for t in _chained_texts(exc) if _CODE.search(t)), None)
+        if chained is not None:
+            text, coded = chained, _aadsts(_unescaped(chained))
+    cause = sign_in_cause(text)
     if coded is not None:
         return EntraAuthError(f"Microsoft Entra sign-in failed: {coded}", cause=cause)
     detail = first_line(inner)
+    known = next((said for sdk_text, said in _SDK_TEXTS.items() if sdk_text in detail), None)
+    if known is not None:
+        return EntraAuthError(f"Microsoft Entra sign-in failed: {known}", cause=cause)
     fix = {
         "tool": "install the tool, or use another --auth mode",
         "token": "sign in again",
