@@ -918,8 +918,8 @@ def test_batch_items_exact_shapes(api: Client, graph: GraphEmulator) -> None:
         [
             patch_item("1", uid, EnrollmentToken="t"),
             {"id": "2", "method": "get", "url": f"users/{uid}?$select=id,customSecurityAttributes", "dependsOn": ["1"]},
-            {"id": "3", "method": "GET", "url": f"{graph.url}/users?$filter=mail%20eq%20'a@x.com'&$select=id"},
-            {"id": "4", "method": "GET", "url": "https://graph.microsoft.com/v1.0/users/nobody"},
+            {"id": "3", "method": "GET", "url": "/users?$filter=mail%20eq%20'a@x.com'&$select=id"},
+            {"id": "4", "method": "GET", "url": "users/nobody"},
         ]
     )
     items = by_id(ok_json(response))
@@ -1029,6 +1029,9 @@ def test_batch_items_use_the_outer_token(api: Client, graph: GraphEmulator) -> N
 
 
 def test_batch_depends_on_and_424(api: Client, graph: GraphEmulator) -> None:
+    """The batching page (https://learn.microsoft.com/graph/json-batching): a dependent of a failed item answers
+    424 and never runs. ``depends_on`` (msgraph-core's spelling) is accepted only by the lax emulator."""
+    graph.strict = False
     uid = graph.add_user("a@x.com")
     items = by_id(
         ok_json(

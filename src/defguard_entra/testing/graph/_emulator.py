@@ -66,14 +66,14 @@ class GraphEmulator(PatchHandler, ReadHandlers):
         host: str = "127.0.0.1",
         port: int = 0,
         identity: Any = None,
-        strict: bool = False,
+        strict: bool = True,
     ) -> None:
         super().__init__(host=host, port=port, faults=faults, seed=seed)
         if identity is not None:
             self.trust(identity)
         #: Graph's batching page: item URLs are relative (``/users/…``), dependencies are ``dependsOn``. ``True``
-        #: answers an absolute URL with 400 and ignores ``depends_on`` as Graph does; the default stays lax (older
-        #: tests send both).
+        #: (the default) answers an absolute URL with 400 and ignores ``depends_on`` as Graph does (the exact error
+        #: for an absolute URL is not verified); ``False`` accepts both, for a client that cannot help it.
         self.strict = strict
         #: Graph's throttling page says a batch whose items were throttled may answer as a whole with 424 (its
         #: batching page says 200 with per-item 429s, the default here): set 424 to get that answer. Modelled as:
