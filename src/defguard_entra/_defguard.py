@@ -51,6 +51,10 @@ USER_AGENT = f"defguard-entra/{__version__} (+python-requests/{requests.__versio
 _USER_LIST_PASSES = 3
 
 
+def _refused(exc: Retryable) -> bool:
+    return isinstance(exc.error, DefguardAPIError) and exc.error.status == 429
+
+
 class DefguardClient:
     """A synchronous client of the Defguard core API, usable as a context manager.
 
@@ -299,9 +303,14 @@ class DefguardClient:
                         answer = self._once(method, url, headers, params, json, expect_json=expect_json)
                         self._pacer.succeeded()
                         return answer, attempt.num - 1
+                    except DefguardAPIError:  # an answer not worth retrying (a 404, a 400): let through too
+                        self._pacer.succeeded()
+                        raise
                     except Retryable as exc:
                         if not isinstance(exc, Unreachable):  # an HTTP answer, possibly asking for a wait
                             self.activity.beat(exc.wait)
+                            if not _refused(exc):
+                                self._pacer.succeeded()  # the rate limiter let it through
                         tries.failed(exc)
                         last = exc
                         raise

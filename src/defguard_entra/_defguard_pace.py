@@ -7,14 +7,19 @@ connections, does not answer, or fails with a 500); :func:`connection_cause` say
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 
 from ._defguard_wire import first_line
 from ._retry import Retryable
 from .exceptions import DefguardAPIError
 
 __all__ = ["Pacer", "Tries", "Unreachable", "connection_cause"]
+
+log = logging.getLogger(__name__)
 
 #: A 500 is Defguard's answer to a database or model error, usually permanent (2.x answers it to every token request
 #: while its public proxy URL does not parse): one more try, not a whole back-off.
@@ -23,51 +28,126 @@ _SERVER_ERROR_TRIES = 2
 _REFUSED_GIVE_UP = 2.0
 #: Tries of one request that time out (each costs a whole --timeout).
 _TIMEOUT_TRIES = 2
-#: The longest a worker waits for its turn under the shared pace (whatever has queued up before it).
-_MAX_PACE_WAIT = 10.0
+#: The longest a worker waits for its turn under the shared pace (whatever has queued up before it: 16 workers at
+#: the real server's shortest period, one per second, queue for 16 s) ...
+_MAX_PACE_WAIT = 60.0
+#: ... and the longest one refusal holds every worker (a longer reported wait is the retry policy's to honour).
+_MAX_HOLD = 10.0
+#: The shared pace (see :class:`Pacer`): the first interval after a refusal, and the longest.
+_FIRST_INTERVAL = 0.005
+_MAX_INTERVAL = 5.0
+#: Refusals the period is estimated over (the oldest to the latest).
+_HISTORY = 8
+#: The interval is held this much above the estimated period ...
+_MARGIN = 0.03
+#: ... and cut by this much after this many successes in a row.
+_PROBE_STEP = 0.02
+_PROBE_AFTER = 50
 
 
 class Pacer:
-    """One pace for every worker thread: Defguard 2.x's rate limiter keeps one bucket per client IP for all
-    ``/api/v1`` requests, so a 429 means every worker must slow down, not only the one that got it.
+    """One pace for every worker thread, set by an estimate of the server's period.
 
-    Requests are spaced by ``interval`` (0 until the first 429): a refusal doubles it (from 5 ms, at most 5 s) and
-    holds everyone for the reported wait, or one interval when it says ``Wait for 0s``; each success shortens it by
-    2 %, so the pace settles just under the server's."""
+    Defguard 2.x's rate limiter (tower_governor over governor's GCRA: v2.0.1 ``crates/defguard_core/src/lib.rs``,
+    ``GovernorConfigBuilder::per_second(n).burst_size(b)``) keeps one bucket per client IP for every ``/api/v1``
+    request: after a burst of ``b`` it lets one request through every period ``n`` seconds, a refused request costs
+    nothing, and the wait it reports is truncated to whole seconds. So a 429 means every worker must slow down,
+    not only the one that got it, and ``Wait for 0s`` means "within a second", not "now".
 
-    def __init__(self) -> None:
+    The estimate: at each refusal the bucket holds less than one request's worth, so between two refusals ``span``
+    seconds apart, with ``accepted`` requests let through, the bucket refilled ``span / period = accepted + (what
+    it held at the second) - (what it held at the first)``, which is less than ``accepted + 1`` and more than
+    ``accepted - 1``. So ``span / (accepted + 1)`` is a lower bound of the period within ``1 / accepted`` of it;
+    over the span from the oldest of the last ``_HISTORY`` refusals to the latest, it gets finer as the run goes
+    on. It errs fast on purpose: a rough early estimate brings the next refusal soon, and that one a finer
+    estimate. Every answer that is not a 429 counts as let through. A reported wait is honoured as a hold but
+    not taken into the estimate (a proxy in front of Defguard may ask for a minute once). A bucket that filled up
+    meanwhile, as after an idle minute, breaks the bound upwards: the pace is then too slow until the probe below
+    finds the server's.
+
+    The pace: the interval is held at the estimate plus ``_MARGIN`` (the first refusal, with nothing known yet:
+    5 ms). After ``_PROBE_AFTER`` successes in a row it is cut by ``_PROBE_STEP``, so a server that got faster
+    (another client of the same IP stopped) is found, at the cost of one refusal now and then; an interval under
+    1 ms ends the pacing. A refusal holds every worker for the reported wait, or one estimated period when it says
+    ``Wait for 0s`` (a floor, not "now": the bucket has a request's worth again by then), and voids every slot
+    reserved before it: the workers waiting reserve again at the new pace."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.interval = 0.0
-        self._next = 0.0
-        self._last_cut = 0.0
+        #: The server's period as estimated from the refusals: a lower bound, ``None`` until a second refusal.
+        self.period: float | None = None
+        self.refusals = 0
+        self._next = 0.0  # the next free slot (monotonic time)
+        self._accepted = 0  # answers the limiter let through, counted from the first refusal
+        self._streak = 0
+        self._history: deque[tuple[float, int]] = deque(maxlen=_HISTORY)  # (refused at, accepted by then)
 
-    def wait(self) -> None:
+    def delay(self) -> tuple[float, int]:
+        """Reserve the next slot of the shared pace: the seconds to sleep before sending (0 when not paced), and
+        the refusal count the slot was reserved under (see :meth:`wait`)."""
         with self._lock:
             if self.interval <= 0 and self._next <= 0:
-                return
-            now = time.monotonic()
+                return 0.0, self.refusals
+            now = self._clock()
             at = max(now, self._next)
             self._next = at + self.interval
-        if at > now:
-            time.sleep(min(at - now, _MAX_PACE_WAIT))
+        return min(at - now, _MAX_PACE_WAIT), self.refusals
+
+    def wait(self) -> None:
+        """Sleep until this worker's turn under the shared pace. A refusal while it sleeps voids its slot (it was
+        reserved at a pace now known to be too fast): it reserves again, within ``_MAX_PACE_WAIT`` in all."""
+        deadline = self._clock() + _MAX_PACE_WAIT
+        while True:
+            delay, refusals = self.delay()
+            delay = min(delay, deadline - self._clock())
+            if delay <= 0:
+                return
+            time.sleep(delay)
+            if self.refusals == refusals:
+                return
 
     def refused(self, wait: float | None) -> None:
+        """A 429: re-estimate the period, set the interval from it, hold every worker."""
         with self._lock:
-            now = time.monotonic()
-            # Refusals of requests sent together are one signal: slow down once per interval, not once each.
-            if now - self._last_cut >= max(self.interval, 0.005):
-                self._last_cut = now
-                grow = 2.0 if self.interval < 0.02 else 1.25  # find the pace fast, then approach it gently
-                self.interval = min(max(self.interval * grow, 0.005), 5.0)
-            self._next = max(self._next, now + (wait or self.interval))
+            now = self._clock()
+            self.refusals += 1
+            self._streak = 0
+            if not self._history or self._accepted > self._history[-1][1]:
+                self._history.append((now, self._accepted))
+            since, accepted_then = self._history[0]
+            accepted = self._accepted - accepted_then
+            at_least = (now - since) / (accepted + 1)  # the period is more than that (see the class docstring)
+            if at_least > 0:
+                self.period = at_least
+                self.interval = min(self.period * (1 + _MARGIN), _MAX_INTERVAL)
+            else:  # the first refusal, "Wait for 0s": nothing known yet
+                self.interval = max(self.interval, _FIRST_INTERVAL)
+            # Every slot reserved so far is void (see wait): the queue starts again after the hold.
+            self._next = now + min(wait or self.period or self.interval, _MAX_HOLD)
+            log.debug(
+                "Defguard refused a request (%d so far, wait %s): period estimate %s ms from %d accepted, pace %.2f ms",
+                self.refusals,
+                wait,
+                f"{self.period * 1000:.2f}" if self.period else "-",
+                accepted,
+                self.interval * 1000,
+            )
 
     def succeeded(self) -> None:
-        if self.interval <= 0:
+        """An answer the limiter let through (any status but 429)."""
+        if not self._history:  # no refusal yet: nothing to pace, nothing to count (and no lock to take)
             return
         with self._lock:
-            self.interval *= 0.99
-            if self.interval < 0.001:
-                self.interval = 0.0
+            self._accepted += 1
+            self._streak += 1
+            if self.interval > 0 and self._streak >= _PROBE_AFTER:
+                self._streak = 0
+                self.interval *= 1 - _PROBE_STEP
+                if self.interval < _FIRST_INTERVAL / 5:  # a limiter that has gone: no pace at all
+                    self.interval = 0.0
+                log.debug("Defguard pace probed faster: %.2f ms", self.interval * 1000)
 
 
 class Unreachable(Retryable):

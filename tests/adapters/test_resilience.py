@@ -173,19 +173,23 @@ def test_graph_write_rate_is_a_ceiling() -> None:
 
 
 def test_defguard_rate_limiter_is_survived_with_one_shared_pace() -> None:
-    """2.x's rate limiter (one request per 50 ms after a burst of 10, scaled down from the real one per second):
-    all 16 workers slow down together, a ``Wait for 0s`` is not retried at once, and everyone is provisioned."""
+    """2.x's rate limiter (one request per 10 ms after a burst of 10, scaled down from the real one per second):
+    all 16 workers slow down together to the server's period, estimated from the refusals, a ``Wait for 0s`` is
+    not retried at once, and everyone is provisioned. The 16 first token requests go together once the start-up
+    reads have spent the burst, so up to 16 refusals cannot be helped; after them, a few more. Measured on this
+    machine: 17 refusals in three runs; the pace that grew on refusals and shrank 1 % per success before the
+    estimate: 30 in two (and each worker on its own, 66 at 80 members). docs/performance.md: 500 members."""
     from defguard_entra.testing import RateLimit
 
-    limit = RateLimit(period=0.05, burst=10)
-    with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
-        ids = _seed(defguard, graph, 80)
+    limit = RateLimit(period=0.01, burst=10)
+    with DefguardEmulator("2.0", faults=Faults(latency=0.005)) as defguard, GraphEmulator() as graph:
+        ids = _seed(defguard, graph, 400)
         defguard.rate_limit = limit
         result = run_cli(["--group-name", "G", "--no-progress"], environment(defguard, graph))
         assert result.code == 0, result.stdout + result.stderr
         assert _consistent(defguard, graph, ids) == []
         assert limit.refused > 0
-        assert limit.refused < 40  # each worker on its own (no shared pace) was refused 66 times in this run
+        assert limit.refused <= 16 + 6
 
 
 # -- the run-level watchdog: a server that stops answering mid-run --------------------------------------------------

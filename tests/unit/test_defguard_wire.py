@@ -187,16 +187,6 @@ def test_an_issued_token_needs_both_values() -> None:
 # -- pace and giving up ----------------------------------------------------------------------------------------------
 
 
-def test_a_refusal_slows_everyone_and_successes_recover() -> None:
-    pacer = Pacer()
-    pacer.wait()  # no refusal yet: no wait
-    pacer.refused(None)
-    assert pacer.interval == 0.005
-    for _ in range(600):
-        pacer.succeeded()
-    assert pacer.interval == 0.0
-
-
 def _api(status: int) -> Retryable:
     return Retryable(DefguardAPIError("GET", URL, status, "x"))
 
