@@ -263,10 +263,12 @@ class BatchEngine:
             if throttled_writes:
                 # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
                 # that a pause (Retry-After) handles without slowing the whole run.
-                # (Retries of a few leftover items say little either way: they need at least 3 refusals.)
+                # (Retries of a few leftover items say little either way: they need at least 3 refusals, fewer
+                # only when the pace itself makes batches that small. A lone retried item refused again used
+                # to count as an exhausted budget and set 20/s for the whole run: most of the fault run's time.)
                 # Only then are all writes paused: a random refusal is waited out by its own items (below), not by
                 # every batch in flight (the fault run's 10 % of 429s paused the whole run ~270 times).
-                enough = min(3, max(1, int(self.limiter.target)))
+                enough = min(3, self.limiter.batch_size)
                 if throttled_writes >= enough and 2 * throttled_writes >= writes:
                     self.limiter.throttled(wait)
             self.stats["retries"] += len(pending)

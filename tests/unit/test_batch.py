@@ -186,3 +186,28 @@ def test_definition_problems() -> None:
         False,
         ("attribute Missing.EnrollmentToken is not defined", "attribute Missing.EnrollmentUrl is not defined"),
     )
+
+
+def _patch(n: int) -> list[dict[str, Any]]:
+    return [{"id": str(i), "method": "PATCH", "url": f"/users/{i}", "body": {}} for i in range(n)]
+
+
+def test_a_random_refusal_of_a_retried_item_does_not_pace_the_run() -> None:
+    """One write of 20 refused, and refused again when retried alone: noise, waited out by that item only. (It
+    used to set the sustainable pace of 20/s for the whole run, most of the fault benchmark's time.)"""
+    send = Script({"0": [429, 429, 204], **{str(i): [204] for i in range(1, 20)}})
+    engine = _engine(send)
+    answers = asyncio.run(engine.write(_patch(20)))
+    assert {a["status"] for a, _ in answers.values()} == {204}
+    assert send.posts[1:] == [["0"], ["0"]]
+    assert engine.limiter.rate is None  # still at full speed
+
+
+def test_a_batch_mostly_refused_sets_the_sustainable_pace() -> None:
+    """An exhausted budget refuses most of a batch: that is a signal (the counterpart of the test above)."""
+    send = Script({str(i): [429, 204] if i < 12 else [204] for i in range(20)})
+    engine = _engine(send)
+    asyncio.run(engine.write(_patch(20)))
+    rate = engine.limiter.rate
+    assert rate is not None  # paced: the sustainable pace, raised a little by the 12 retries that went through
+    assert RateLimiter.SUSTAINED <= rate <= RateLimiter.SUSTAINED + 1

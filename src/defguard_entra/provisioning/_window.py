@@ -1,7 +1,8 @@
 """The window of tokens minted and not yet stored: places taken in order, given back one at a time.
 
-Counted in tokens, not batches, so that a batch whose last few writes wait out a ``Retry-After`` holds only their
-places while the next batch mints (see :mod:`.mint`).
+Counted in tokens, one place per member from before its token is requested until its write is final, so that a
+member whose token request is retried, or whose write waits out a ``Retry-After``, holds only its own place while
+the others go on (see :mod:`.mint` and :mod:`._writes`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-import attrs
-
-__all__ = ["Places", "Window"]
+__all__ = ["Window"]
 
 
 class Window:
@@ -36,23 +35,18 @@ class Window:
                 self._waiters.remove((n, waiter))
             raise
 
-    def give(self, n: int) -> None:
+    async def take_some(self, most: int) -> int:
+        """Wait for a free place, then take as many as are free, at most ``most`` (≥ 1): how many were taken.
+        Places given back together (a batch's writes answered at once) are taken together."""
+        await self.take(1)
+        extra = 0 if self._waiters else max(0, min(self.free, most - 1))
+        self.free -= extra
+        return 1 + extra
+
+    def give(self, n: int = 1) -> None:
         self.free += n
         while self._waiters and self._waiters[0][0] <= self.free:
             need, waiter = self._waiters.popleft()
             if not waiter.done():
                 self.free -= need
                 waiter.set_result(None)
-
-
-@attrs.define
-class Places:
-    """The places one batch holds in the window: given back as each token is stored, the rest at the end."""
-
-    window: Window
-    held: int
-
-    def give(self, n: int = 1) -> None:
-        n = min(n, self.held)
-        self.held -= n
-        self.window.give(n)

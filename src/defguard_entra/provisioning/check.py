@@ -3,7 +3,7 @@
 Defguard: reachable (and its version), the API token honoured (license gate), valid and an admin's, the group, its
 deployment. Graph: sign-in and who it is, permission to read users, the attribute set and both attributes, and the
 permissions to write and read them; with ``probe_write`` the write permission proven by a write that changes
-nothing (:func:`.mint.probe_write`).
+nothing (:func:`.probe.probe_write`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from .checklist import (
     read_users_item,
 )
 from .fixes import defguard_reachable_item, graph_failure_hint, missing_role_hint
-from .mint import probe_write
 from .plan import Member
+from .probe import probe_write
 from .roster import graph_principal
 from .suggest import did_you_mean
 

@@ -1,11 +1,12 @@
-"""Mint and write: Defguard tokens minted in parallel, stored in Entra in paced ``$batch``es of 20.
+"""Mint and write: Defguard tokens minted in parallel, one member at a time, stored in Entra in ``$batch``es.
 
-The write probe comes first (a write that changes nothing). Then one member at a time until a token is minted, so
-that a server failing every token request is found after a few members and the first token's URL is checked; then
-batches of 20, with at most 40 tokens minted and not yet stored (:mod:`._window`): that bounds what the journal
-can hold open to two batches' worth whatever happens to the run. A watchdog ends a run neither service answers.
-The breaker and the abort rules stop minting
-when the fault is not one member's.
+The write probe comes first (:mod:`.probe`). Then one member at a time until a token is minted, so that a server
+failing every token request is found after a few members and the first token's URL is checked; then every member
+takes a place in the window of 40 tokens minted and not yet stored (:mod:`._window`), is journaled, minted, and
+queued for its write (:mod:`._writes`), which forms batches of up to 20 from the tokens ready. A member being
+retried holds only its own place; the journal holds at most the window open whatever happens to the run. A
+watchdog ends a run neither service answers; the breaker and the abort rules stop minting when the fault is not
+one member's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._chunks import chunked
 from ..config import BATCH_LIMIT
 from ..exceptions import (
     DefguardAlreadyActivatedError,
@@ -29,14 +29,15 @@ from ..exceptions import (
     DefguardUnreachableError,
     DefguardUserDisabledError,
     EntraError,
-    PreflightError,
 )
 from ..models import EnrollmentAttributes, IssuedToken, Status, TokenKind
+from ._breaker import Abort, Breaker
 from ._ports import Clients
-from ._window import Places, Window
-from .checklist import WRITE_ATTRIBUTES
+from ._window import Window
+from ._writes import WriteQueue
 from .journal import Journal
-from .plan import Member, enrollment_url_problem, settled_safely
+from .plan import Member, enrollment_url_problem, settle_stalled, settled_safely, unusable
+from .probe import probe_write
 from .report import Progress, log
 
 __all__ = ["mint_and_write", "probe_write"]
@@ -45,73 +46,13 @@ __all__ = ["mint_and_write", "probe_write"]
 T = TypeVar("T")
 
 
-class _Abort(Exception):  # noqa: N818 - internal: stop minting, settle the rest
-    pass
-
-
 class _NotStarted(Exception):  # noqa: N818 - internal: a token request that was never sent
     pass
 
 
-#: Server errors (5xx) in a row that stop minting: before the first token was minted, and after.
-_FAULTS_BEFORE_FIRST_TOKEN = 3
-_FAULTS_IN_A_ROW = 8
 #: Tokens minted (or being minted) and not yet stored at any moment: two batches' worth, the most an abnormal end
-#: can leave stale. Counted in tokens, not batches: a batch whose last few writes wait out a ``Retry-After`` holds
-#: only their places, and the next batch mints meanwhile.
+#: can leave stale. One place per member, from before its token request until its write is final.
 _UNSTORED_TOKENS = 2 * BATCH_LIMIT
-
-
-class _Breaker:
-    """Tells a permanent server fault from one member's bad luck: a few 5xx answers in a row before any token was
-    minted, or more later, mean every token request fails (2.x answers 500 to all of them while its public proxy
-    URL does not parse), so minting stops instead of retrying each of thousands of members."""
-
-    def __init__(self) -> None:
-        self.streak = 0
-        self.minted = False
-
-    def success(self) -> None:
-        self.streak = 0
-        self.minted = True
-
-    def fault(self, exc: DefguardAPIError) -> None:
-        self.streak += 1
-        limit = _FAULTS_IN_A_ROW if self.minted else _FAULTS_BEFORE_FIRST_TOKEN
-        if self.streak >= limit:
-            raise _Abort(f"Defguard answered {exc.status} to {self.streak} token requests in a row ({exc.message})")
-
-
-async def probe_write(clients: Clients, member: Member, notes: list[str], *, write: bool = True) -> None:
-    """Prove, before the first token is minted, that this sign-in may write the attribute set, with a write that
-    changes nothing: the member's current values written back, or (when nothing is stored or readable) the set
-    with no attribute named. A refusal (401/403) stops the run here, nothing minted. ``write=False`` only reads
-    (a dry run reads exactly what the real run reads)."""
-    assert member.entra is not None
-    entra_id, name = member.entra.id, clients.attribute_set
-    read_errors: dict[str, str] = {}
-    values = await clients.entra.read_attributes(name, [entra_id], errors=read_errors)
-    if entra_id in read_errors:  # no current values to write back: nothing is written, nothing proven
-        note = f"write permission not proven: the probe could not read {entra_id} ({read_errors[entra_id]})"
-        log.warning("%s", note)
-        notes.append(note)
-        return
-    stored = EnrollmentAttributes.from_graph(values.get(entra_id))
-    # What is stored, written back; with nothing stored (or nothing readable) the set with no attribute named.
-    same = stored.to_graph() if stored is not None and not stored.not_text else {}
-    if not write:
-        return
-    result = (await clients.entra.write_attributes(name, {entra_id: same}))[entra_id]
-    if result.ok:
-        return
-    if result.status in {401, 403}:
-        raise PreflightError(
-            f"Graph refused to write attribute set {name!r} ({result.error}): grant "
-            f"{WRITE_ATTRIBUTES.needs()}; no token was minted"
-        )
-    note = f"write permission could not be proven with a write that changes nothing ({result.error}): not verified"
-    log.warning("%s", note)
-    notes.append(note)
 
 
 @attrs.define
@@ -125,7 +66,7 @@ class _Minting:
     stop: threading.Event | None
     journal: Journal | None
     stall_after: float | None = None
-    breaker: _Breaker = attrs.field(factory=_Breaker)
+    breaker: Breaker = attrs.field(factory=Breaker)
     abort: list[str] = attrs.field(factory=list)
     done: int = 0
     #: Why no token request may be sent any more (set by a worker or the watchdog; read by the workers).
@@ -152,7 +93,7 @@ class _Minting:
         except asyncio.CancelledError:
             if self.stalled is None:  # cancelled from outside: not ours to settle
                 raise
-            self.settle_stalled(self.stalled)
+            settle_stalled(self.todo, self.started, self.stalled)
             return None, False
         finally:
             watch.cancel()
@@ -173,24 +114,6 @@ class _Minting:
                 return
             await asyncio.sleep(min(1.0, max(0.02, limit - quiet)))
 
-    def settle_stalled(self, why: str) -> None:
-        started = {id(m) for m in self.started}
-        for member in self.todo:
-            if member.status is not None:
-                continue
-            if id(member) not in started:
-                member.settle(Status.FAILED, f"not attempted: {why}")
-            elif member.token is not None:
-                member.settle(Status.FAILED, _unusable(f"{why}; the token minted was not stored"))
-            else:
-                # The request may have reached Defguard (which then cancelled the previous token): the journal
-                # keeps this member open, so the next run (with a state directory) repairs it first.
-                member.settle(
-                    Status.FAILED,
-                    f"{why}; its token request got no answer: Defguard may have minted a token that was not "
-                    "stored, re-run to issue a new one",
-                )
-
     async def pipeline(self) -> tuple[str | None, bool]:
         todo, total = self.todo, len(self.todo)
         start = 0
@@ -204,46 +127,130 @@ class _Minting:
                 for m in todo[start:]:
                     m.settle(Status.FAILED, "not attempted: Defguard's enrollment URL cannot work (see the error)")
                 return problem, False
-        window = Window(_UNSTORED_TOKENS)
-
-        async def gated(chunk: Sequence[Member]) -> None:
-            await window.take(len(chunk))
-            places = Places(window, len(chunk))
-            try:
-                await self.step(chunk, places)
-            finally:
-                places.give(places.held)
-
-        await asyncio.gather(*(gated(c) for c in chunked(todo[start:], BATCH_LIMIT)))
+        await self.stream(todo[start:])
         return None, self.stopped
 
-    async def step(self, chunk: Sequence[Member], places: Places | None = None) -> None:
-        if self.abort or self.stopped:
-            for m in chunk:
-                if self.stopped:
-                    m.settle(Status.INTERRUPTED, "the run was interrupted before this member")
-                else:
-                    m.settle(Status.FAILED, f"not attempted: {self.abort[0]}")
-            if self.stopped:  # not started: progress counts only the members worked on
+    async def stream(self, members: Sequence[Member]) -> None:
+        """Mint one member at a time within the window and store the tokens through the queue of writes: each
+        member holds one place from before its token is requested (and it is in the journal) until its write is
+        final, so a member being retried, on either side, holds up only itself."""
+        window = Window(_UNSTORED_TOKENS)
+        holding: set[int] = set()
+
+        def release(member: Member) -> None:  # the member's place, given back once
+            if id(member) in holding:
+                holding.discard(id(member))
+                window.give()
+
+        queue = WriteQueue(lambda batch: self.store(batch, release))
+        mints: list[asyncio.Future[None]] = []
+        at = 0
+        try:
+            while at < len(members) and not self.abort and not self.stopped:
+                n = await window.take_some(min(BATCH_LIMIT, len(members) - at))
+                if self.abort or self.stopped:
+                    window.give(n)
+                    break
+                group = members[at : at + n]
+                at += n
+                self.started.extend(group)
+                holding.update(id(m) for m in group)
+                if self.journal is not None:  # on disk before any of their tokens is requested
+                    self.journal.minting(m.username for m in group if m.username)
+                for member in group:
+                    queue.minting()
+                    mints.append(asyncio.ensure_future(self.mint_into(member, queue, release)))
+            self.not_started(members[at:])
+            await asyncio.gather(*mints)
+            await queue.drain()
+        finally:
+            for mint in mints:
+                mint.cancel()
+            queue.cancel()
+
+    def not_started(self, rest: Sequence[Member]) -> None:
+        for m in rest:
+            if self.stopped:
+                m.settle(Status.INTERRUPTED, "the run was interrupted before this member")
+            else:
+                m.settle(Status.FAILED, f"not attempted: {self.abort[0]}")
+        if rest and not self.stopped:  # interrupted: progress counts only the members worked on
+            self.count(len(rest))
+
+    async def mint_into(self, member: Member, queue: WriteQueue, release: Callable[[Member], None]) -> None:
+        """Mint ``member``'s token and queue it for its write; a member with nothing to store is final here."""
+        token = None
+        try:
+            token = await self.mint(member)
+        except Abort as exc:
+            self.aborted(exc)
+        except BaseException:
+            queue.minted(None)
+            raise
+        if token is not None:
+            member.token = token
+            problem = self.url_problem(token)
+            if problem is None:
+                queue.minted(member)
                 return
-        else:
-            self.started.extend(chunk)
-            try:
-                await self.journaled(chunk, places)
-            except _Abort as exc:
-                self.abort.append(str(exc))
-                self.halt = self.halt or str(exc)
+            member.settle(Status.FAILED, problem + "; the token minted for this member was not stored")
+        queue.minted(None)
+        self.finished([member], release)
+
+    async def store(self, batch: Sequence[Member], release: Callable[[Member], None]) -> None:
+        """Write one batch of minted tokens (from the queue of writes) and settle its members."""
+        to_write: dict[str, Mapping[str, str | None]] = {}
+        owners: dict[str, Member] = {}
+        for member in batch:
+            assert member.entra is not None
+            assert member.token is not None
+            to_write[member.entra.id] = EnrollmentAttributes(token=member.token.token, url=member.token.url).to_graph()
+            owners[member.entra.id] = member
+        try:
+            refused = await self.write(to_write, owners, release)
+        except Abort as exc:
+            refused = exc
+        if refused is not None:
+            self.aborted(refused)
+        self.finished(batch, release)
+
+    def aborted(self, exc: Abort) -> None:
+        self.abort.append(str(exc))
+        self.halt = self.halt or str(exc)
+
+    def finished(self, members: Sequence[Member], release: Callable[[Member], None]) -> None:
+        """``members`` are final: their places back, the journal told what is stored or surely not minted."""
+        for member in members:
+            if member.status is None:
+                member.settle(Status.FAILED, f"not attempted: {self.abort[0] if self.abort else self.halt}")
+            release(member)
+        if self.journal is not None:  # what is confirmed stored, or surely not minted; the rest stays stale
+            self.journal.done(m.username for m in members if m.username and settled_safely(m))
+        self.count(len(members))
+
+    def count(self, n: int) -> None:
         self.progressed = time.monotonic()
-        self.done += len(chunk)
+        self.done += n
         if self.progress is not None:
             self.progress(self.done, len(self.todo))
 
-    async def journaled(self, chunk: Sequence[Member], places: Places | None) -> None:
+    async def step(self, chunk: Sequence[Member]) -> None:
+        if self.abort or self.stopped:
+            self.not_started(chunk)
+            return
+        self.started.extend(chunk)
+        try:
+            await self.journaled(chunk)
+        except Abort as exc:
+            self.aborted(exc)
+        self.count(len(chunk))
+
+    async def journaled(self, chunk: Sequence[Member]) -> None:
         journal = self.journal
         if journal is not None:
             journal.minting(m.username for m in chunk if m.username)
         try:
-            await self.mint_and_store(chunk, places)
+            await self.mint_and_store(chunk)
         finally:
             if journal is not None:  # what is confirmed stored, or surely not minted; the rest stays stale
                 journal.done(m.username for m in chunk if m.username and settled_safely(m))
@@ -287,11 +294,11 @@ class _Minting:
         except DefguardAuthError as exc:
             member.settle(Status.FAILED, f"Defguard refused the API token: {exc}")
             self.halt = self.halt or "Defguard refused the API token mid-run"
-            raise _Abort(f"Defguard refused the API token mid-run ({exc.status} {exc.message})") from None
+            raise Abort(f"Defguard refused the API token mid-run ({exc.status} {exc.message})") from None
         except DefguardUnreachableError as exc:
             member.settle(Status.FAILED, f"Defguard: {exc}")
             self.halt = self.halt or f"Defguard became unreachable ({exc})"
-            raise _Abort(f"Defguard became unreachable ({exc})") from None
+            raise Abort(f"Defguard became unreachable ({exc})") from None
         except DefguardError as exc:
             member.settle(Status.FAILED, f"Defguard: {exc}")
             if isinstance(exc, DefguardAPIError) and exc.status >= 500:
@@ -302,13 +309,14 @@ class _Minting:
         breaker.success()
         return token
 
-    async def mint_and_store(self, chunk: Sequence[Member], places: Places | None = None) -> None:
+    async def mint_and_store(self, chunk: Sequence[Member]) -> None:
+        """The first members, one at a time (until a token is minted): mint, then store."""
         minted = await asyncio.gather(*(self.mint(m) for m in chunk), return_exceptions=True)
         to_write: dict[str, Mapping[str, str | None]] = {}
         owners: dict[str, Member] = {}
         abort: BaseException | None = None
         for member, result in zip(chunk, minted, strict=True):
-            if isinstance(result, _Abort):
+            if isinstance(result, Abort):
                 abort = abort or result
                 continue
             if isinstance(result, BaseException):
@@ -322,7 +330,7 @@ class _Minting:
             to_write[member.entra.id] = EnrollmentAttributes(token=result.token, url=result.url).to_graph()
             owners[member.entra.id] = member
         if to_write:
-            refused = await self.write(to_write, owners, places)
+            refused = await self.write(to_write, owners, None)
             abort = abort or refused
         if abort is not None:
             for member in chunk:
@@ -331,14 +339,17 @@ class _Minting:
             raise abort
 
     async def write(
-        self, to_write: Mapping[str, Mapping[str, str | None]], owners: Mapping[str, Member], places: Places | None
-    ) -> _Abort | None:
+        self,
+        to_write: Mapping[str, Mapping[str, str | None]],
+        owners: Mapping[str, Member],
+        release: Callable[[Member], None] | None,
+    ) -> Abort | None:
         """Store the minted tokens; a systematic refusal (every write of the batch) is returned as the abort.
         Each write that is final gives its place back at once (a stored one is also done in the journal)."""
 
         def stored(entra_id: str, ok: bool) -> None:
-            if places is not None:
-                places.give()
+            if release is not None:
+                release(owners[entra_id])
             username = owners[entra_id].username
             if ok and self.journal is not None and username:
                 self.journal.done([username])
@@ -347,19 +358,19 @@ class _Minting:
             results = await self.clients.entra.write_attributes(self.clients.attribute_set, to_write, on_written=stored)
         except EntraError as exc:
             for member in owners.values():
-                member.settle(Status.FAILED, _unusable(f"Graph write failed: {exc}"))
-            raise _Abort(f"Microsoft Graph failed mid-run ({exc})") from None
+                member.settle(Status.FAILED, unusable(f"Graph write failed: {exc}"))
+            raise Abort(f"Microsoft Graph failed mid-run ({exc})") from None
         for entra_id, member in owners.items():
             written = results[entra_id]
             if written.ok:
                 member.settle(Status.PROVISIONED)
             else:
-                member.settle(Status.FAILED, _unusable(f"Graph write failed: {written.error}"))
+                member.settle(Status.FAILED, unusable(f"Graph write failed: {written.error}"))
             if written.retries and member.token is not None:
                 member.token = attrs.evolve(member.token, retries=member.token.retries + written.retries)
         refused = [r for r in results.values() if not r.ok and r.status in {401, 403}]
         if refused and len(refused) == len(results):  # systematic: the sign-in, not the members
-            return _Abort(f"Graph refused every write of a batch ({refused[0].error})")
+            return Abort(f"Graph refused every write of a batch ({refused[0].error})")
         return None
 
 
@@ -382,10 +393,3 @@ async def mint_and_write(
     if minting.stalled is not None and notes is not None:
         notes.append(minting.stalled + ": the members in flight and not yet done ended failed")
     return result
-
-
-def _unusable(reason: str) -> str:
-    return (
-        f"{reason}; the token minted for this member is unusable (Defguard also cancelled the previous one): "
-        "re-run to issue a new token"
-    )

@@ -42,8 +42,10 @@ __all__ = [
     "judge_clear",
     "judge_status",
     "map_entra_members",
+    "settle_stalled",
     "settled_safely",
     "stored_status",
+    "unusable",
     "would_mint",
 ]
 
@@ -257,6 +259,34 @@ def judge_clear(members: Iterable[Member], *, all_members: bool, stale: frozense
                 Status.KEPT, "no device in Defguard yet: the stored token may still be needed (--all clears it)"
             )
     return todo
+
+
+def unusable(reason: str) -> str:
+    """Why a member failed after its token was minted and not stored, and what to do."""
+    return (
+        f"{reason}; the token minted for this member is unusable (Defguard also cancelled the previous one): "
+        "re-run to issue a new token"
+    )
+
+
+def settle_stalled(todo: Sequence[Member], started: Sequence[Member], why: str) -> None:
+    """The watchdog ended the run (``why``): every member of ``todo`` not settled ends failed, saying how far it got."""
+    begun = {id(m) for m in started}
+    for member in todo:
+        if member.status is not None:
+            continue
+        if id(member) not in begun:
+            member.settle(Status.FAILED, f"not attempted: {why}")
+        elif member.token is not None:
+            member.settle(Status.FAILED, unusable(f"{why}; the token minted was not stored"))
+        else:
+            # The request may have reached Defguard (which then cancelled the previous token): the journal
+            # keeps this member open, so the next run (with a state directory) repairs it first.
+            member.settle(
+                Status.FAILED,
+                f"{why}; its token request got no answer: Defguard may have minted a token that was not "
+                "stored, re-run to issue a new one",
+            )
 
 
 def settled_safely(member: Member) -> bool:
