@@ -9,7 +9,6 @@ real ``ChainedTokenCredential`` with credentials that raise what azure-identity 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket
@@ -23,15 +22,11 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ChainedTokenCredential, CredentialUnavailableError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
 from defguard_entra._credentials import CachingCredential, build_credential
 from defguard_entra.config import AuthMode, GraphSettings
 from defguard_entra.exceptions import EntraAuthError
+from defguard_entra.testing import make_certificate
 
 SECRET = "s3cr3t-Value-8f7e6d5c4b3a2910"
 PFX_PASSWORD = "right-password-1234"
@@ -42,24 +37,7 @@ PFX_PASSWORD = "right-password-1234"
 
 def _pfx(path: Path, password: str) -> Path:
     """A self-signed certificate and its key as PKCS#12, as a service principal's certificate file is."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "defguard-entra test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    data = pkcs12.serialize_key_and_certificates(
-        b"test", key, cert, None, serialization.BestAvailableEncryption(password.encode())
-    )
-    path.write_bytes(data)
-    return path
+    return make_certificate().write_pfx(path, password)
 
 
 def _closed_port() -> int:
