@@ -29,6 +29,9 @@ from .exceptions import (
     UnexpectedResponseError,
 )
 from .models import (
+    ActivityEvent,
+    ActivityKind,
+    ActivityLog,
     AttributeSetCheck,
     CheckItem,
     Checklist,
@@ -71,6 +74,9 @@ if TYPE_CHECKING:
     from .provisioning import ProvisioningService
 
 __all__ = [
+    "ActivityEvent",
+    "ActivityKind",
+    "ActivityLog",
     "AsyncEntraClient",
     "AttributeSetCheck",
     "AuthMode",

@@ -11,10 +11,11 @@ to try, :mod:`._defguard_pace`'s.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Self
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import attrs
@@ -22,6 +23,7 @@ import requests
 import stamina
 from requests.adapters import HTTPAdapter
 
+from ._defguard_activity import activity_query, activity_unavailable, read_activity_log
 from ._defguard_pace import Pacer, Tries, Unreachable, connection_cause
 from ._defguard_wire import (
     VERSION_HEADER,
@@ -42,6 +44,9 @@ from .config import validate_defguard_url
 from .exceptions import DefguardAPIError, DefguardAuthError, DefguardUnreachableError, UnexpectedResponseError
 from .models import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken, Secret, TokenKind
 
+if TYPE_CHECKING:
+    from .models import ActivityKind, ActivityLog
+
 __all__ = ["DefguardClient"]
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,12 @@ class DefguardClient:
     ``session`` may be injected (it is then borrowed: never closed, never given our headers); ``ca_bundle`` is a
     path to a PEM file for a private CA (TLS verification cannot be turned off). ``pool_size`` sizes the
     connection pool of a session we create, for parallel token requests; ``proxy`` is the proxy URL to use
-    (environment variables are not consulted: see :func:`defguard_entra.config.proxy_for`).
+    (environment variables are not consulted: see :func:`defguard_entra.config.proxy_for`). ``clock`` is "now" for
+    the expiry of minted tokens (default: the system clock; tests share a :class:`defguard_entra.testing.Clock`).
     """
+
+    activity_page_cap = 100
+    """The most pages :meth:`activity_log` reads (10,000 rows on 2.x, 5,000 on 1.6) before it says it stopped."""
 
     def __init__(
         self,
@@ -75,6 +84,7 @@ class DefguardClient:
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         proxy: str | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self._base = validate_defguard_url(url)
         self._token = token if isinstance(token, Secret) else Secret(token)
@@ -98,6 +108,7 @@ class DefguardClient:
         self._lock = threading.Lock()
         self._server_lifetime: dt.timedelta | None = None
         self._pacer = Pacer()
+        self._clock = clock if clock is not None else functools.partial(dt.datetime.now, dt.UTC)
         self.activity = Activity()
         """When Defguard last answered (for the run's watchdog)."""
 
@@ -245,7 +256,7 @@ class DefguardClient:
         body: dict[str, Any] = {"email": None, "send_enrollment_notification": False}
         if lifetime is not None:
             body["token_expiration_time"] = format_for_defguard(lifetime)
-        started = dt.datetime.now(dt.UTC)
+        started = self._clock()
         payload, retries = self._call_counted("POST", "user", username, "start_enrollment", json=body, proceed=proceed)
         lifetime = lifetime if lifetime is not None else self._server_lifetime
         expires = started + lifetime if lifetime is not None else None
@@ -254,7 +265,7 @@ class DefguardClient:
     def start_desktop(self, username: str, *, proceed: Callable[[], bool] | None = None) -> IssuedToken:
         """Mint a desktop-activation token (the server's default lifetime always applies; its expiry is known once
         :meth:`deployment` has read that lifetime, on 2.x). Deletes the user's earlier unused tokens."""
-        started = dt.datetime.now(dt.UTC)
+        started = self._clock()
         payload, retries = self._call_counted(
             "POST",
             "user",
@@ -266,6 +277,28 @@ class DefguardClient:
         lifetime = self._server_lifetime
         expires = started + lifetime if lifetime else None
         return issued_token(payload, TokenKind.DESKTOP, expires, retries, base=self._base)
+
+    def activity_log(self, *, since: dt.datetime, kinds: Collection[ActivityKind] | None = None) -> ActivityLog:
+        """Defguard's activity log since ``since`` (aware), of ``kinds`` (``None``: every event), every page.
+
+        Filtered by the server on time and event type (both lines), read newest first and returned oldest first.
+        Not readable by this server or token (refused, no such endpoint, more than :attr:`activity_page_cap`
+        pages) → ``ActivityLog(available=False, problem=...)``; a server that keeps failing raises
+        :class:`~defguard_entra.DefguardError` as every call does. See ``docs/reference/defguard-activity-log.md``.
+        """
+        query = activity_query(since, kinds)  # a naive ``since``: ConfigurationError
+
+        def page(number: int) -> Any:
+            return self._call("GET", "activity_log", params=[*query, ("page", str(number))])
+
+        try:
+            return read_activity_log(page, self._endpoint("activity_log"), max(1, self.activity_page_cap), kinds)
+        except DefguardAPIError as exc:
+            unavailable = activity_unavailable(exc)
+            if unavailable is None:
+                raise
+            log.info("%s", unavailable.problem)
+            return unavailable
 
     # -- the chokepoint --------------------------------------------------------------------------------------
 
@@ -282,7 +315,7 @@ class DefguardClient:
         *segments: str,
         auth: bool = True,
         expect_json: bool = True,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         json: Any = None,
         proceed: Callable[[], bool] | None = None,
     ) -> tuple[Any, int]:
@@ -323,7 +356,7 @@ class DefguardClient:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        params: Mapping[str, str] | None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
         body: Any,
         *,
         expect_json: bool,

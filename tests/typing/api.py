@@ -16,6 +16,9 @@ import requests
 
 import defguard_entra
 from defguard_entra import (
+    ActivityEvent,
+    ActivityKind,
+    ActivityLog,
     AsyncEntraClient,
     AttributeSetCheck,
     AuthMode,
@@ -49,7 +52,16 @@ from defguard_entra import (
     fetch_provisioning_config,
     write_export,
 )
-from defguard_entra.testing import DROP, Faults, GraphEmulator, WriteQuota, environment, running_emulators
+from defguard_entra.testing import (
+    DROP,
+    Clock,
+    DefguardEmulator,
+    Faults,
+    GraphEmulator,
+    WriteQuota,
+    environment,
+    running_emulators,
+)
 
 
 def settings() -> Settings:
@@ -182,7 +194,16 @@ def defguard_client() -> None:
         assert_type(client.find_group("VPN Users"), DefguardGroup | None)
         assert_type(client.start_enrollment("alice", dt.timedelta(hours=8)), IssuedToken)
         assert_type(client.start_desktop("bob").token, Secret)
+        log = client.activity_log(since=dt.datetime.now(dt.UTC), kinds={ActivityKind.TOKEN_ADDED})
+        assert_type(log, ActivityLog)
+        assert_type(log.events[0], ActivityEvent)
+        assert_type(log.events[0].subject, str | None)
+        client.activity_log(since="yesterday")  # type: ignore[arg-type]
     DefguardClient("https://defguard.example.com", 42)  # type: ignore[arg-type]
+    clock = Clock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert_type(clock.advance(days=1), dt.datetime)
+    DefguardClient("https://defguard.example.com", "dg-token", clock=clock)
+    DefguardEmulator("2.0", clock=clock)
 
 
 def errors(settings: Settings) -> None:

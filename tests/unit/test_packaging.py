@@ -131,6 +131,7 @@ LAYERS = {
     "config": 3,
     "_defguard": 4,
     "_defguard_wire": 4,
+    "_defguard_activity": 4,
     "_defguard_pace": 4,
     "_credentials": 4,
     "_sign_in_errors": 4,

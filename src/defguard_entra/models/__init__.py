@@ -6,7 +6,15 @@ raw payload. Tokens are :class:`Secret` so that ``repr``, logs and reports never
 
 from __future__ import annotations
 
-from ._defguard import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken
+from ._defguard import (
+    ActivityEvent,
+    ActivityLog,
+    DefguardDeployment,
+    DefguardGroup,
+    DefguardServer,
+    DefguardUser,
+    IssuedToken,
+)
 from ._entra import (
     ATTRIBUTE_TOKEN as ATTRIBUTE_TOKEN,
 )
@@ -33,6 +41,7 @@ from ._values import (
     GROUP_SOURCES as GROUP_SOURCES,
 )
 from ._values import (
+    ActivityKind,
     EnrolledPolicy,
     GroupSource,
     MatchedBy,
@@ -45,6 +54,9 @@ from ._values import live_secret_values as live_secret_values
 #: The public types (all exported by the package too); the constants above are re-exported for the library's own
 #: modules only.
 __all__ = [
+    "ActivityEvent",
+    "ActivityKind",
+    "ActivityLog",
     "AttributeSetCheck",
     "CheckItem",
     "CheckState",

@@ -8,9 +8,17 @@ from typing import Any, Self
 
 import attrs
 
-from ._values import Secret, TokenKind, as_tuple
+from ._values import ActivityKind, Secret, TokenKind, as_tuple
 
-__all__ = ["DefguardDeployment", "DefguardGroup", "DefguardServer", "DefguardUser", "IssuedToken"]
+__all__ = [
+    "ActivityEvent",
+    "ActivityLog",
+    "DefguardDeployment",
+    "DefguardGroup",
+    "DefguardServer",
+    "DefguardUser",
+    "IssuedToken",
+]
 
 
 def _user_devices(row: Mapping[str, Any]) -> int | None:
@@ -112,3 +120,34 @@ class IssuedToken:
     kind: TokenKind = TokenKind.ENROLLMENT
     expires_at: dt.datetime | None = None
     retries: int = 0
+
+
+@attrs.frozen
+class ActivityEvent:
+    """One row of Defguard's activity log (``GET /api/v1/activity_log``), as far as it concerns tokens.
+
+    ``actor`` is the username the row is under (who acted: the admin who minted a token, the member who opened
+    one); ``subject`` the username the action was for, as far as the API tells (read from the row's description
+    for minted tokens, the actor for enrollment rows; ``None``: cannot be read). ``at`` is timezone-aware UTC.
+    """
+
+    at: dt.datetime
+    kind: ActivityKind
+    event: str
+    actor: str | None
+    subject: str | None
+    id: int | None = None
+
+
+@attrs.frozen
+class ActivityLog:
+    """What :meth:`~defguard_entra.DefguardClient.activity_log` read: the events, oldest first, or why it could not.
+
+    ``available`` is ``False`` when this server or API token cannot read the whole log asked for (refused, no such
+    endpoint, an answer of another shape, more pages than the client reads); ``problem`` says why, in words fit for
+    a report note. Events read before a page cap was hit are kept.
+    """
+
+    events: tuple[ActivityEvent, ...] = ()
+    available: bool = True
+    problem: str | None = None

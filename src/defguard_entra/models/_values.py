@@ -13,6 +13,7 @@ import attrs
 __all__ = [
     "ENROLLED_POLICIES",
     "GROUP_SOURCES",
+    "ActivityKind",
     "EnrolledPolicy",
     "GroupSource",
     "MatchedBy",
@@ -115,6 +116,16 @@ _PROBLEMS = frozenset(
 class TokenKind(enum.StrEnum):
     ENROLLMENT = "enrollment"
     DESKTOP = "desktop"
+
+
+class ActivityKind(enum.StrEnum):
+    """What a row of Defguard's activity log says about a member's tokens (see
+    ``docs/reference/defguard-activity-log.md``)."""
+
+    TOKEN_ADDED = "token_added"  # noqa: S105 - an event kind, not a secret; an enrollment or a desktop-activation token was minted for the subject
+    ENROLLMENT_STARTED = "enrollment_started"  # the subject opened a token (the token counts as used from then on)
+    ENROLLMENT_COMPLETED = "enrollment_completed"  # the subject finished enrollment with a token
+    OTHER = "other"  # any other event
 
 
 class MatchedBy(enum.StrEnum):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._clock import Clock
 from ._scenarios import SAMPLE_GROUP, Scenario, environment, running_emulators, seed_sample_organisation
 from ._server import DROP, Faults, RecordedRequest
 from .defguard import DefguardEmulator, RateLimit
@@ -30,6 +31,7 @@ __all__ = [
     "DROP",
     "SAMPLE_GROUP",
     "AppCertificate",
+    "Clock",
     "DefguardEmulator",
     "Faults",
     "GraphEmulator",

@@ -6,13 +6,13 @@ import datetime as dt
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from defguard_entra.testing._server import Faults, Handler, Request, Response
 
-from ._enrollment import EnrollmentHandlers
-from ._handlers import ApiHandlers
+from ._activity import ActivityHandlers
 from ._seeding import Seeding
 from ._wire import ResponseError, msg_response, parse_version
 
@@ -53,13 +53,13 @@ class RateLimit:
 # -- the emulator --------------------------------------------------------------------------------------------------
 
 
-class DefguardEmulator(EnrollmentHandlers, ApiHandlers, Seeding):
+class DefguardEmulator(ActivityHandlers, Seeding):
     """Defguard core (1.6.x or 2.x) as far as ``defguard-entra`` uses it; a context manager like its base.
 
     Endpoint names (for counts, logs and fault filters): ``health``, ``me``, ``group-info``, ``group-list``,
-    ``group``, ``user-list``, ``user``, ``start_enrollment``, ``start_desktop``, ``web-ui`` (``GET`` on an unknown
-    path), ``method-not-allowed``, and ``not-emulated`` (a method the real server has on that route but this
-    emulator does not implement; it answers 501).
+    ``group``, ``user-list``, ``user``, ``start_enrollment``, ``start_desktop``, ``activity_log``, ``web-ui``
+    (``GET`` on an unknown path), ``method-not-allowed``, and ``not-emulated`` (a method the real server has on that
+    route but this emulator does not implement; it answers 501).
 
     Deployment states (``docs/reference/defguard-deployments.md`` names the source of each): ``openid_provider``
     (an external OpenID provider is configured: ``GET /api/v1/info``), users created by directory sync
@@ -74,6 +74,13 @@ class DefguardEmulator(EnrollmentHandlers, ApiHandlers, Seeding):
     ``Content-Type`` at all; v2.0.1 wraps them in ``Json``, which sends ``application/json``
     (``crates/defguard_core/src/handlers/pagination.rs``, ``into_response``). JSON is the default, and
     ``paginated_content_type=None`` reproduces the bare response.
+
+    ``clock`` (a callable returning an aware datetime, e.g. :class:`~defguard_entra.testing.Clock`) is every "now"
+    of the emulator: token expiry and ``expires_at``, device creation, activity-log timestamps (default: the system
+    clock). The activity log (``GET /api/v1/activity_log``, endpoint name ``activity_log``) is kept for both lines
+    with the rows the token actions write (:meth:`mint_as`, :meth:`sso_activate`, :meth:`open_enrollment`,
+    :meth:`redeem`, :meth:`activity_log`); ``activity_log_endpoint=False`` plays a server without that endpoint
+    (its web UI answers the path).
     """
 
     server_header = "defguard-core-emulator"
@@ -95,6 +102,8 @@ class DefguardEmulator(EnrollmentHandlers, ApiHandlers, Seeding):
         license_overdue_days: float | None = None,
         page_churn: float = 0.0,
         rate_limit: RateLimit | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        activity_log_endpoint: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -122,6 +131,8 @@ class DefguardEmulator(EnrollmentHandlers, ApiHandlers, Seeding):
             "license_overdue_days": license_overdue_days,
             "page_churn": page_churn,
             "rate_limit": rate_limit,
+            "clock": clock,
+            "activity_log_endpoint": activity_log_endpoint,
         }
         self._enrollment_url_raw = ""
         self._enrollment_url: str | None = None
@@ -201,6 +212,8 @@ class DefguardEmulator(EnrollmentHandlers, ApiHandlers, Seeding):
                     return self._route(request, "group-info", {"GET": self._group_info_list}, ("GET",))
                 if head == "info":
                     return self._route(request, "info", {"GET": self._info}, ("GET",))
+                if head == "activity_log" and self.activity_log_endpoint:
+                    return self._route(request, "activity_log", {"GET": self._activity_log}, ("GET",))
                 if head == "device":
                     return self._route(request, "device-list", {"GET": self._list_devices}, ("GET",))
                 if head == "settings":

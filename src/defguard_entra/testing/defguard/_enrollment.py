@@ -3,7 +3,6 @@ order, and the minting of enrollment tokens."""
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import re
 from typing import Final
@@ -29,7 +28,7 @@ class EnrollmentHandlers(DefguardState):
         """The last steps of both endpoints: delete every unused token of the user, then create the new one
         (``Token::delete_unused_user_tokens``: v1.6.6 ``crates/defguard_core/src/db/models/enrollment.rs``, v2.0.1
         ``crates/defguard_core/src/enrollment_management.rs``)."""
-        now = dt.datetime.now(dt.UTC)
+        now = self._now()
         expires_at = expiry(now, seconds)  # may raise PanicError before anything changes
         kept = []
         for token in user.tokens:
@@ -45,6 +44,21 @@ class EnrollmentHandlers(DefguardState):
         user.tokens = kept
         self._issued += 1
         return record
+
+    def _log_token_added(
+        self, actor: User, subject: User, kind: TokenKind, *, request: Request | None = None, device: str = ""
+    ) -> None:
+        """The row a minted token writes, under the admin who minted it: ``start_enrollment`` emits
+        ``EnrollmentTokenAdded`` (module ``enrollment``), ``start_desktop`` ``ClientConfigurationTokenAdded``
+        (module ``defguard``), each described with the subject's username (v1.6.6 ``handlers/user.rs`` 471 and 575,
+        v2.0.1 517 and 621; ``crates/defguard_event_router/src/handlers/api.rs``;
+        ``crates/defguard_event_logger/src/description.rs``)."""
+        if kind == "enrollment":
+            event, module, text = "enrollment_token_added", "enrollment", "enrollment token"
+        else:
+            event, module, text = "client_configuration_token_added", "defguard", "client configuration token"
+        description = f"Added {text} for user {subject.username}"
+        self._log_event(actor, event, module, description, subject=subject, request=request, device=device)
 
     def _check_client_ip(self, request: Request) -> None:
         """2.x reads the client address from X-Forwarded-For / Forwarded; a malformed one is a 500."""
@@ -118,6 +132,7 @@ class EnrollmentHandlers(DefguardState):
             if kind == "enrollment":
                 user.enrollment_pending = True
                 self._touch(user)
+            self._log_token_added(admin, user, kind, request=request)
             if send and email:
                 self.mails.append(
                     {"to": email, "subject": _MAIL_SUBJECTS[kind], "username": user.username, "token": record.token}

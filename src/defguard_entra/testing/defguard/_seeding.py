@@ -3,7 +3,6 @@ directory sync, SSO sign-in and the enrollment proxy do to them."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from collections.abc import Iterable
@@ -251,8 +250,8 @@ class Seeding(DefguardState):
 
     def current_token(self, username: str) -> str | None:
         """The user's one live, unused, unexpired enrollment token, if any."""
-        now = dt.datetime.now(dt.UTC)
         with self.lock:
+            now = self._now()
             for token in reversed(self._user(username).tokens):
                 record = self._tokens[token]
                 if record.used_at is None and not record.expired(now):
@@ -278,28 +277,3 @@ class Seeding(DefguardState):
         """The user's live enrollment tokens (used or not; deleted ones are gone), oldest first."""
         with self.lock:
             return [self._tokens[token] for token in self._user(username).tokens]
-
-    def redeem(self, token: str, *, device: bool = True) -> None:
-        """What the proxy does on ``POST /api/v1/enrollment/start`` and finishing enrollment: mark the token used;
-        for a start_enrollment token the user then has a password and is no longer pending. With ``device`` (the
-        desktop client's flow) the enrollment ends by adding the client's device.
-
-        Raises ``ValueError`` for an unknown (or deleted), expired or already used token."""
-        now = dt.datetime.now(dt.UTC)
-        with self.lock:
-            record = self._tokens.get(token)
-            if record is None:
-                raise ValueError("invalid token")
-            if record.expired(now):
-                raise ValueError("token expired")
-            if record.used_at is not None:
-                raise ValueError("token already used")
-            self._tokens[token] = dataclasses.replace(record, used_at=now)
-            user = self._users[record.username]
-            if record.kind == "enrollment":
-                user.has_password = True
-                user.enrollment_pending = False
-                user.ldap_remote_enrollment_completed = True
-            if device:
-                self._add_device(user, None, "user")
-            self._touch(user)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from defguard_entra.testing._server import EmulatorServer, Request
@@ -21,6 +21,12 @@ __all__ = ["DefguardState", "Device", "EnrollmentToken", "Group", "TokenKind", "
 
 
 TokenKind = Literal["enrollment", "desktop"]
+
+
+def _system_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 _LICENSE_GRACE_DAYS: Final = 14
 
 
@@ -42,15 +48,17 @@ class EnrollmentToken:
     admin: str
     created_at: dt.datetime
     expires_at: dt.datetime
-    used_at: dt.datetime | None = None
+    used_at: dt.datetime | None = None  # set when the enrollment session starts (the client opens the token)
     token_type: str = "ENROLLMENT"  # noqa: S105 - a token type, not a secret
     device_id: int | None = None
+    completed_at: dt.datetime | None = None  # the emulator's own note: redeem() finished with this token
 
     @property
     def used(self) -> bool:
         return self.used_at is not None
 
     def expired(self, now: dt.datetime | None = None) -> bool:
+        """Past ``expires_at`` at ``now`` (default: the system clock; the emulator passes its own clock's now)."""
         return self.expires_at < (now or dt.datetime.now(dt.UTC))
 
 
@@ -128,6 +136,8 @@ class DefguardState(EmulatorServer):
         self.openid_provider: bool = settings["openid_provider"]
         self.license_overdue_days: float | None = settings["license_overdue_days"]
         self.page_churn: float = settings["page_churn"]
+        self.clock: Callable[[], dt.datetime] = settings["clock"] or _system_now
+        self.activity_log_endpoint: bool = settings["activity_log_endpoint"]
         if again:  # same rates and seed, the random sequence from the start
             self.faults = dataclasses.replace(settings["faults"])
         self.enrollment_url = settings["enrollment_url"]
@@ -149,6 +159,7 @@ class DefguardState(EmulatorServer):
         self._next_user_id = 1
         self._next_group_id = 1
         self._issued = 0
+        self._activity: list[dict[str, Any]] = []  # the activity_log_event table, oldest first
 
     @property
     def enrollment_url(self) -> str:
@@ -165,6 +176,49 @@ class DefguardState(EmulatorServer):
             self._enrollment_url = normalised  # None on 2.x: the token endpoints answer 500
 
     # -- state internals (callers hold the lock) -------------------------------------------------------------
+
+    def _now(self) -> dt.datetime:
+        """The emulator's now (aware UTC), from its clock: token expiry, devices and activity-log rows use it."""
+        return self.clock().astimezone(dt.UTC)
+
+    def _log_event(
+        self,
+        actor: User,
+        event: str,
+        module: str,
+        description: str | None,
+        *,
+        subject: User | None = None,
+        request: Request | None = None,
+        device: str = "",
+    ) -> None:
+        """Append a row to the activity log the way the event logger writes one (v1.6.6 and v2.0.1
+        ``crates/defguard_event_logger/src/lib.rs`` ``process_batch``): under the actor, stamped with the time of
+        the request (``Utc::now().naive_utc()`` in the request context, ``crates/defguard_core/src/events.rs``), with
+        the client's IP and User-Agent; token rows keep their subject in ``metadata.user`` (``UserNoSecrets``,
+        reduced here to the fields a test reads), which the API does not return."""
+        ip = "127.0.0.1"
+        if request is not None:
+            ip = (request.header("x-forwarded-for") or "").split(",")[0].strip() or ip
+            device = request.header("user-agent") or device
+        metadata = None
+        if subject is not None:
+            metadata = {"user": {"id": subject.id, "username": subject.username, "email": subject.email}}
+        self._activity.append(
+            {
+                "id": len(self._activity) + 1,
+                "timestamp": self._now(),
+                "user_id": actor.id,
+                "username": actor.username,
+                "location": None,
+                "ip": ip,
+                "event": event,
+                "module": module,
+                "device": device,
+                "description": description,
+                "metadata": metadata,
+            }
+        )
 
     def _user(self, username: str) -> User:
         try:
@@ -203,7 +257,7 @@ class DefguardState(EmulatorServer):
             user.id,
             user.username,
             key,
-            dt.datetime.now(dt.UTC),
+            self._now(),
             device_type,
         )
         self._devices[device_id] = record
