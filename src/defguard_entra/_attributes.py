@@ -1,4 +1,4 @@
-"""The two custom security attributes in Graph's terms: the ``$batch`` items that write and read them, what their
+"""The custom security attributes in Graph's terms: the ``$batch`` items that write and read them, what their
 definitions must say, and what comes back.
 
 Pure: ``AsyncEntraClient`` sends these items and hands the answers back here. Writing needs the value's
@@ -13,11 +13,12 @@ from typing import Any
 from urllib.parse import quote
 
 from ._odata import error_of
-from .models import ATTRIBUTE_TOKEN, ATTRIBUTE_URL, Secret, WriteResult
+from .models import ATTRIBUTE_EXPIRES, ATTRIBUTE_TOKEN, ATTRIBUTE_URL, Secret, WriteResult
 
 __all__ = [
     "WRITE_TYPE",
     "definition_problems",
+    "expiry_definition",
     "item_failure",
     "patch_items",
     "read_items",
@@ -77,22 +78,47 @@ def write_results(entra_ids: Sequence[str], answers: _Answers) -> dict[str, Writ
 def definition_problems(set_name: str, definitions: Sequence[Mapping[str, Any]]) -> tuple[bool, tuple[str, ...]]:
     """Whether ``definitions`` (``customSecurityAttributeDefinitions``) hold any attribute of ``set_name``, and
     what is wrong with its two attributes: both must be defined, single-valued, free-text Strings, Available."""
-    defined = {str(d.get("name")): d for d in definitions if d.get("attributeSet") == set_name}
+    defined = _of_set(set_name, definitions)
     problems = []
     for name in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL):
         definition = defined.get(name)
         if definition is None:
             problems.append(f"attribute {set_name}.{name} is not defined")
             continue
-        if definition.get("type") != "String":
-            problems.append(f"{set_name}.{name} has type {definition.get('type')}, it must be String")
-        if definition.get("isCollection"):
-            problems.append(f"{set_name}.{name} allows multiple values: it must be single-valued")
-        if definition.get("usePreDefinedValuesOnly"):
-            problems.append(f"{set_name}.{name} only allows predefined values: turn that off")
-        if definition.get("status", "Available") != "Available":
-            problems.append(f"{set_name}.{name} is {definition.get('status')}: it must be Available")
+        problems.extend(_string_problems(set_name, name, definition))
     return bool(defined), tuple(problems)
+
+
+def expiry_definition(set_name: str, definitions: Sequence[Mapping[str, Any]]) -> tuple[bool, tuple[str, ...]]:
+    """Whether ``set_name`` defines the optional ``EnrollmentTokenExpiresAt`` as it must be to hold a date (a
+    single-valued, free-form String, Available), and what is wrong with its definition when it is defined.
+
+    Dates in custom security attributes are Strings: the attribute types are String, Integer and Boolean only
+    ("Overview of custom security attributes using the Microsoft Graph API", Microsoft Learn,
+    https://learn.microsoft.com/graph/api/resources/custom-security-attributes-overview)."""
+    definition = _of_set(set_name, definitions).get(ATTRIBUTE_EXPIRES)
+    if definition is None:
+        return False, ()
+    problems = tuple(_string_problems(set_name, ATTRIBUTE_EXPIRES, definition))
+    return not problems, problems
+
+
+def _of_set(set_name: str, definitions: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {str(d.get("name")): d for d in definitions if d.get("attributeSet") == set_name}
+
+
+def _string_problems(set_name: str, name: str, definition: Mapping[str, Any]) -> list[str]:
+    """What keeps one definition from holding the tool's text: String, single-valued, free-form, Available."""
+    problems = []
+    if definition.get("type") != "String":
+        problems.append(f"{set_name}.{name} has type {definition.get('type')}, it must be String")
+    if definition.get("isCollection"):
+        problems.append(f"{set_name}.{name} allows multiple values: it must be single-valued")
+    if definition.get("usePreDefinedValuesOnly"):
+        problems.append(f"{set_name}.{name} only allows predefined values: turn that off")
+    if definition.get("status", "Available") != "Available":
+        problems.append(f"{set_name}.{name} is {definition.get('status')}: it must be Available")
+    return problems
 
 
 def values_of(body: Mapping[str, Any], set_name: str) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from ._retry import Activity, Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
 from .config import GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
-from .models import AttributeSetCheck, Match, WriteResult
+from .models import AttributeSetCheck, EntraUser, Match, WriteResult
 
 __all__ = ["AsyncEntraClient", "AttributeSetCheck"]
 
@@ -299,13 +299,14 @@ class AsyncEntraClient(GroupQueries):
             raise EntraAPIError(status, "InvalidResponse", "the answer is not a JSON object", method=method, url=path)
         return payload
 
-    async def _get_all(self, url: str) -> list[dict[str, Any]]:
-        """Follow ``@odata.nextLink`` until it is absent (empty pages with a nextLink included)."""
+    async def _get_all(self, url: str, headers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Follow ``@odata.nextLink`` until it is absent (empty pages with a nextLink included); ``headers`` go
+        with every page."""
         items: list[dict[str, Any]] = []
         next_url: str | None = url
         pages = 0
         while next_url:
-            page = await self._get_json(next_url)
+            page = await self._get_json(next_url, headers)
             items.extend(page.get("value") or [])
             next_url = page.get("@odata.nextLink")
             pages += 1
@@ -342,10 +343,24 @@ class AsyncEntraClient(GroupQueries):
         """
         return await _lookup.find_users(addresses, self._engine.batched, self._get_all)
 
+    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]:
+        """Every user whose custom security attribute ``set_name/attribute`` holds exactly ``value``, all pages.
+
+        One ``GET /users?$filter=customSecurityAttributes/{set}/{attribute} eq '…'&$count=true`` with
+        ``ConsistencyLevel: eventual`` (Graph refuses the filter without them), following ``@odata.nextLink``;
+        a value over Graph's 120-character ``eq`` limit is looked up by its prefix and matched exactly here (see
+        :func:`defguard_entra._lookup.holders_query`). Needs ``User.Read.All`` and
+        ``CustomSecAttributeAssignment.Read.All`` (with the Attribute Assignment Reader role when delegated).
+        Raises :class:`EntraAPIError` when Graph refuses (a 403: the read permission is missing)."""
+        url = self._url("/users", _lookup.holders_query(set_name, attribute, value))
+        rows = await self._get_all(url, _lookup.ADVANCED_HEADERS)
+        return _lookup.holders_of(rows, set_name, attribute, value)
+
     # -- custom security attributes --------------------------------------------------------------------------
 
     async def check_attribute_set(self, set_name: str) -> AttributeSetCheck:
-        """Check the set and both String attributes are defined; ``readable=False`` if we may not look."""
+        """Check the set and both String attributes are defined, and whether it defines the optional
+        ``EnrollmentTokenExpiresAt``; ``readable=False`` (and ``defines_expiry=None``) if we may not look."""
         url = self._url(
             "/directory/customSecurityAttributeDefinitions", {"$filter": _odata.eq("attributeSet", set_name)}
         )
@@ -353,9 +368,19 @@ class AsyncEntraClient(GroupQueries):
         if response.status_code == 403:
             return AttributeSetCheck(readable=False)
         payload = self._json_or_raise("GET", url, response)
-        defined, problems = _attributes.definition_problems(set_name, payload.get("value") or [])
+        definitions = list(payload.get("value") or [])
+        if payload.get("@odata.nextLink"):  # a set may have more definitions than one page
+            definitions.extend(await self._get_all(str(payload["@odata.nextLink"])))
+        defined, problems = _attributes.definition_problems(set_name, definitions)
+        expiry, expiry_problems = _attributes.expiry_definition(set_name, definitions)
         exists = defined or await self._attribute_set_exists(set_name)
-        return AttributeSetCheck(readable=True, set_exists=exists, problems=problems)
+        return AttributeSetCheck(
+            readable=True,
+            set_exists=exists,
+            problems=problems,
+            defines_expiry=expiry,
+            expiry_problems=expiry_problems,
+        )
 
     async def _attribute_set_exists(self, set_name: str) -> bool:
         url = f"{self.base_url}/directory/attributeSets/{quote(set_name, safe='')}"

@@ -140,6 +140,7 @@ class EntraClient:
     token_claims = delegated(AsyncEntraClient.token_claims)
     can_read_users = delegated(AsyncEntraClient.can_read_users)
     find_users = delegated(AsyncEntraClient.find_users)
+    find_holders = delegated(AsyncEntraClient.find_holders)
     find_groups = delegated(AsyncEntraClient.find_groups)
     group = delegated(AsyncEntraClient.group)
     groups_starting_with = delegated(AsyncEntraClient.groups_starting_with)

@@ -1,4 +1,5 @@
-"""Finding Entra users by e-mail address: by ``mail``, then ``userPrincipalName``, then ``otherMails``.
+"""Finding Entra users: by e-mail address (``mail``, then ``userPrincipalName``, then ``otherMails``), and by the
+value one of their custom security attributes holds (:func:`holders_query`, :func:`holders_of`).
 
 The queries are built and the answers settled here; sending them is the Graph adapter's business, handed in as
 two functions: one that runs ``$batch`` items (``BatchEngine.batched``), one that follows ``@odata.nextLink``.
@@ -18,12 +19,27 @@ from ._chunks import chunked
 from .exceptions import EntraAPIError, EntraAuthError
 from .models import EntraUser, Match, MatchedBy
 
-__all__ = ["USER_SELECT", "FollowPages", "RunBatch", "find_users", "query_item", "settle"]
+__all__ = [
+    "ADVANCED_HEADERS",
+    "USER_SELECT",
+    "FollowPages",
+    "RunBatch",
+    "find_users",
+    "holders_of",
+    "holders_query",
+    "query_item",
+    "settle",
+]
 
 log = logging.getLogger(__name__)
 
 #: The user properties every look-up reads.
 USER_SELECT = "id,userPrincipalName,mail,otherMails,displayName,accountEnabled"
+
+#: What Graph requires of a filter on a custom security attribute (with ``$count=true`` in the query): "You must
+#: add ConsistencyLevel=eventual in the request or the header. You must also include $count=true to ensure the
+#: request is routed correctly" (List users, Microsoft Learn, https://learn.microsoft.com/graph/api/user-list).
+ADVANCED_HEADERS = {"ConsistencyLevel": "eventual"}
 
 #: Runs ``$batch`` items, any number: ``{item id: (answer, retries)}``.
 RunBatch = Callable[[Sequence[Mapping[str, Any]]], Awaitable[ItemAnswers]]
@@ -172,3 +188,50 @@ def _rows_per_address(
             continue
         found[address] = [EntraUser.from_api(r) for r in rows]
     return found
+
+
+# -- users by the value of a custom security attribute -------------------------------------------------------------
+
+
+def holders_query(set_name: str, attribute: str, value: str) -> dict[str, str]:
+    """The query options of ``GET /users`` listing the users whose ``set_name/attribute`` holds ``value``.
+
+    ``customSecurityAttributes/{set}/{attribute} eq '…'`` (the form of "List users", example "Get users with a
+    custom security attribute assignment that equals a value", https://learn.microsoft.com/graph/api/user-list),
+    with ``$count=true`` and, sent with it, :data:`ADVANCED_HEADERS`. Graph matches at most 120 characters with
+    ``eq`` (Microsoft Graph known issues): a longer value is looked up with ``startsWith`` on its first 120
+    characters (the same page documents ``startsWith`` on a custom security attribute), and
+    :func:`holders_of` keeps only the exact matches. The comparison is case-sensitive on Graph's side ("The
+    filter value is case sensitive"), and exact on ours."""
+    path = f"customSecurityAttributes/{set_name}/{attribute}"
+    filter_ = (
+        _odata.eq(path, value)
+        if len(value) <= _odata.VALUE_LIMIT
+        else _odata.starts_with(path, value[: _odata.VALUE_LIMIT])
+    )
+    return {
+        "$filter": filter_,
+        "$count": "true",
+        "$select": f"{USER_SELECT},customSecurityAttributes",
+        "$top": "999",
+    }
+
+
+def holders_of(rows: Iterable[Mapping[str, Any]], set_name: str, attribute: str, value: str) -> list[EntraUser]:
+    """The users of :func:`holders_query`'s answer that hold exactly ``value`` (each once, in Graph's order).
+
+    A row that shows the attribute is kept only when it holds ``value`` exactly (a ``startsWith`` look-up matches
+    any longer value with the same first 120 characters); a row that does not show it (not verified to happen:
+    the caller filtered on it, so it may read it) is kept when Graph matched it with ``eq``, and dropped when only
+    a prefix was matched."""
+    exact = len(value) <= _odata.VALUE_LIMIT
+    found: dict[str, EntraUser] = {}
+    for row in rows:
+        if "id" not in row:
+            continue
+        attributes = row.get("customSecurityAttributes")
+        values = attributes.get(set_name) if isinstance(attributes, Mapping) else None
+        held = values.get(attribute) if isinstance(values, Mapping) else None
+        if (held == value if held is not None else exact) and str(row["id"]) not in found:
+            found[str(row["id"])] = EntraUser.from_api(row)
+    return list(found.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["IN_LIMIT", "VALUE_LIMIT", "any_eq", "eq", "error_of", "in_", "literal"]
+__all__ = ["IN_LIMIT", "VALUE_LIMIT", "any_eq", "eq", "error_of", "in_", "literal", "starts_with"]
 
 #: Graph allows at most 15 expressions in one ``in (…)`` clause by default.
 IN_LIMIT = 15
@@ -25,6 +25,11 @@ def literal(value: str) -> str:
 
 def eq(prop: str, value: str) -> str:
     return f"{prop} eq {literal(value)}"
+
+
+def starts_with(prop: str, value: str) -> str:
+    """``startsWith(prop,'…')``."""
+    return f"startsWith({prop},{literal(value)})"
 
 
 def in_(prop: str, values: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from defguard_entra import ProvisioningService
@@ -16,6 +17,7 @@ from defguard_entra._retry import Activity
 from defguard_entra.config import GraphSettings
 from defguard_entra.exceptions import ConfigurationError, EntraAPIError, PreflightError
 from defguard_entra.models import (
+    ATTRIBUTE_EXPIRES,
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
     AttributeSetCheck,
@@ -111,6 +113,7 @@ class FakeGraph:
         self.writes: list[tuple[str, Mapping[str, str | None]]] = []
         self.failing_writes: dict[str, int] = {}  # entra id → status answered to its writes
         self.failing_reads: set[str] = set()
+        self.defines_expiry: bool | None = False  # whether the set defines EnrollmentTokenExpiresAt
 
     async def aclose(self) -> None:
         pass
@@ -128,7 +131,9 @@ class FakeGraph:
         return True
 
     async def check_attribute_set(self, set_name: str) -> AttributeSetCheck:
-        return AttributeSetCheck(readable=True, set_exists=True)
+        if self.defines_expiry is None:
+            return AttributeSetCheck(readable=False)
+        return AttributeSetCheck(readable=True, set_exists=True, defines_expiry=self.defines_expiry)
 
     async def find_groups(self, display_name: str) -> list[EntraGroup]:
         return [EntraGroup("g1", display_name)] if display_name == GROUP else []
@@ -149,6 +154,10 @@ class FakeGraph:
             user = self.aliases.get(key) or next((u for u in self.users if (u.mail or "").lower() == key), None)
             found[key] = Match(user, MatchedBy.MAIL) if user is not None else Match()
         return found
+
+    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]:
+        by_id = {u.id: u for u in self.users}
+        return [by_id[i] for i, held in self.values.items() if held.get(attribute) == value and i in by_id]
 
     async def read_attributes(
         self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None
@@ -522,3 +531,78 @@ def test_group_id_through_the_ports(service: ProvisioningService) -> None:
         service.status(group_id=ENTRA_GROUP_ID.replace("1", "2"), group_source="entra")
     with pytest.raises(ConfigurationError, match="group_id must be the Defguard group's id"):
         service.status(group_id=True)
+
+
+# -- the optional third attribute, EnrollmentTokenExpiresAt ------------------------------------------------------
+
+
+def test_provision_stores_the_expiry_in_the_same_write_when_the_set_defines_it(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService
+) -> None:
+    defguard, graph = fakes
+    graph.defines_expiry = True
+    expiry = dt.datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=dt.UTC)
+    issue = defguard._issue
+
+    def with_expiry(username: str, kind: TokenKind) -> IssuedToken:
+        token = issue(username, kind)  # bob's desktop token: no expiry known, so null is written
+        return attrs.evolve(token, expires_at=expiry) if kind is TokenKind.ENROLLMENT else token
+
+    defguard._issue = with_expiry  # type: ignore[method-assign]
+    report = service.provision(GROUP)
+    assert report.outcome("alice").status is Status.PROVISIONED
+    token_writes = {i: w for i, w in graph.writes if w.get(ATTRIBUTE_TOKEN)}
+    assert token_writes["id-alice"][ATTRIBUTE_EXPIRES] == "2030-01-02T03:04:05Z"
+    assert ATTRIBUTE_EXPIRES in token_writes["id-bob"]
+    assert token_writes["id-bob"][ATTRIBUTE_EXPIRES] is None
+    assert graph.values["id-alice"][ATTRIBUTE_EXPIRES] == "2030-01-02T03:04:05Z"
+
+
+@pytest.mark.parametrize("defines", [False, None], ids=["not-defined", "definitions-unreadable"])
+def test_provision_never_writes_the_expiry_to_a_set_that_may_not_define_it(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService, defines: bool | None
+) -> None:
+    _, graph = fakes
+    graph.defines_expiry = defines
+    report = service.provision(GROUP)
+    assert report.outcome("alice").status is Status.PROVISIONED
+    assert graph.writes
+    assert not any(ATTRIBUTE_EXPIRES in values for _, values in graph.writes)
+
+
+def test_the_write_probe_stays_a_write_that_changes_nothing_with_the_expiry_defined(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService
+) -> None:
+    _, graph = fakes
+    graph.defines_expiry = True
+    _stored(graph, "alice")
+    graph.values["id-alice"][ATTRIBUTE_EXPIRES] = "not a date"  # edited by hand: the probe must not touch it
+    service.provision(GROUP)
+    probe, first_token = graph.writes[0], graph.writes[1]
+    assert probe == ("id-alice", {ATTRIBUTE_TOKEN: "old", ATTRIBUTE_URL: ENROLL})  # what is stored, written back
+    assert first_token[0] == "id-alice"
+    assert first_token[1][ATTRIBUTE_TOKEN] != "old"
+    assert first_token[1][ATTRIBUTE_EXPIRES] is None  # the fake's token has no expiry: the old one is nulled
+
+
+def test_clear_nulls_the_expiry_too_when_the_set_defines_it(
+    fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService
+) -> None:
+    _, graph = fakes
+    graph.defines_expiry = True
+    _stored(graph, "carol")
+    graph.values["id-carol"][ATTRIBUTE_EXPIRES] = "2030-01-02T03:04:05Z"
+    service.clear(GROUP)
+    assert graph.writes == [("id-carol", {ATTRIBUTE_TOKEN: None, ATTRIBUTE_URL: None, ATTRIBUTE_EXPIRES: None})]
+    assert not graph.values["id-carol"]
+
+
+def test_status_shows_the_stored_expiry(fakes: tuple[FakeDefguard, FakeGraph], service: ProvisioningService) -> None:
+    _, graph = fakes
+    _stored(graph, "alice")
+    _stored(graph, "bob")
+    graph.values["id-alice"][ATTRIBUTE_EXPIRES] = "2030-01-02T03:04:05Z"
+    graph.values["id-bob"][ATTRIBUTE_EXPIRES] = "next tuesday"
+    report = service.status(GROUP)
+    assert report.outcome("alice").token_expires_at == dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert report.outcome("bob").token_expires_at is None  # not a date: unknown, not a crash

@@ -16,6 +16,9 @@ from ._defguard import (
     IssuedToken,
 )
 from ._entra import (
+    ATTRIBUTE_EXPIRES as ATTRIBUTE_EXPIRES,
+)
+from ._entra import (
     ATTRIBUTE_TOKEN as ATTRIBUTE_TOKEN,
 )
 from ._entra import (
@@ -31,6 +34,8 @@ from ._entra import (
     ProvisioningConfig,
     WriteResult,
 )
+from ._entra import format_expiry as format_expiry
+from ._entra import parse_expiry as parse_expiry
 from ._report import OUTCOME_FIELDS as OUTCOME_FIELDS
 from ._report import CheckItem, Checklist, CheckState, Outcome, Report
 from ._report import summarize as summarize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -10,6 +11,7 @@ import attrs
 from ._values import MatchedBy, Secret, as_tuple
 
 __all__ = [
+    "ATTRIBUTE_EXPIRES",
     "ATTRIBUTE_TOKEN",
     "ATTRIBUTE_URL",
     "AttributeSetCheck",
@@ -20,11 +22,15 @@ __all__ = [
     "Match",
     "ProvisioningConfig",
     "WriteResult",
+    "format_expiry",
+    "parse_expiry",
 ]
 
 #: The two custom security attributes of the documented flow, in the attribute set (default ``Defguard``).
 ATTRIBUTE_TOKEN = "EnrollmentToken"  # noqa: S105 - an attribute name
 ATTRIBUTE_URL = "EnrollmentUrl"
+#: The optional third attribute: when the stored token expires (String, ISO 8601 UTC), written with the token.
+ATTRIBUTE_EXPIRES = "EnrollmentTokenExpiresAt"
 
 
 @attrs.frozen
@@ -103,11 +109,18 @@ class WriteResult:
 
 @attrs.frozen
 class AttributeSetCheck:
-    """What the attribute definitions say: ``readable`` False when the caller may not read them."""
+    """What the attribute definitions say: ``readable`` False when the caller may not read them.
+
+    ``defines_expiry``: whether the set defines the optional :data:`ATTRIBUTE_EXPIRES` as the tool needs it (a
+    single-valued, free-form String, Available); ``None`` when the definitions could not be read.
+    ``expiry_problems`` says what is wrong with its definition when it is defined but unusable (never a failure:
+    the attribute is optional, and the tool then does not write it)."""
 
     readable: bool
     set_exists: bool = False
     problems: tuple[str, ...] = ()
+    defines_expiry: bool | None = None
+    expiry_problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -116,18 +129,22 @@ class AttributeSetCheck:
 
 @attrs.frozen
 class EnrollmentAttributes:
-    """The pair the documented flow keeps in the attribute set: ``EnrollmentToken`` and ``EnrollmentUrl``.
+    """The pair the documented flow keeps in the attribute set: ``EnrollmentToken`` and ``EnrollmentUrl``, and the
+    optional ``EnrollmentTokenExpiresAt`` (when the stored token expires).
 
-    The one place the pair is read from Graph's values (:meth:`from_graph`) and turned into values to write
+    The one place the values are read from Graph's (:meth:`from_graph`) and turned into values to write
     (:meth:`to_graph`). ``None`` in a field means "not stored" when read and "set to null" when written, so
-    ``EnrollmentAttributes().to_graph()`` clears both. The token is a :class:`Secret`, so a ``repr``, a log line or
-    ``print()`` in a notebook never shows it.
+    ``EnrollmentAttributes().to_graph()`` clears both (``to_graph(expiry=True)``: all three). The token is a
+    :class:`Secret`, so a ``repr``, a log line or ``print()`` in a notebook never shows it.
     """
 
     token: Secret | None = None
     url: str | None = None
     not_text: tuple[str, ...] = ()
     """The pair's attributes that hold a value that is not text (an attribute defined with another type)."""
+    expires_at: dt.datetime | None = None
+    """When the stored token expires (aware UTC), from ``EnrollmentTokenExpiresAt``; ``None`` when not stored or
+    not readable as an ISO 8601 date."""
 
     @classmethod
     def from_graph(cls, values: Mapping[str, Any] | None) -> Self | None:
@@ -146,13 +163,19 @@ class EnrollmentAttributes:
                 for name, value in ((ATTRIBUTE_TOKEN, token), (ATTRIBUTE_URL, url))
                 if value is not None and not isinstance(value, str)
             ),
+            expires_at=parse_expiry(values.get(ATTRIBUTE_EXPIRES)),
         )
         return None if pair.empty and not pair.not_text else pair
 
-    def to_graph(self) -> dict[str, str | None]:
+    def to_graph(self, *, expiry: bool = False) -> dict[str, str | None]:
         """The values that store exactly this pair with :meth:`AsyncEntraClient.write_attributes` (other
-        attributes of the set are left alone: Graph changes only the attributes it is sent)."""
-        return {ATTRIBUTE_TOKEN: self.token.value if self.token else None, ATTRIBUTE_URL: self.url}
+        attributes of the set are left alone: Graph changes only the attributes it is sent). ``expiry``: also
+        ``EnrollmentTokenExpiresAt`` (``YYYY-MM-DDTHH:MM:SSZ``, or null when :attr:`expires_at` is ``None``); only
+        for a set that defines it, since Graph refuses the whole write when one attribute is not defined."""
+        values = {ATTRIBUTE_TOKEN: self.token.value if self.token else None, ATTRIBUTE_URL: self.url}
+        if expiry:
+            values[ATTRIBUTE_EXPIRES] = format_expiry(self.expires_at)
+        return values
 
     @property
     def complete(self) -> bool:
@@ -211,6 +234,31 @@ class GraphPrincipal:
 
     def to_audit(self) -> dict[str, Any]:
         return {"type": self.kind, "user": self.user, "client_id": self.client_id}
+
+
+def format_expiry(when: dt.datetime | None) -> str | None:
+    """``2026-12-02T05:40:00Z``: ISO 8601 in UTC to the second, as ``EnrollmentTokenExpiresAt`` stores it (a naive
+    datetime is taken as UTC); ``None`` stays ``None``."""
+    if when is None:
+        return None
+    aware = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    return aware.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expiry(value: Any) -> dt.datetime | None:
+    """The aware UTC datetime an ``EnrollmentTokenExpiresAt`` value names; ``None`` for no value or one that is not
+    an ISO 8601 date and time (someone edited it by hand): an unknown expiry, never a crash. A value without an
+    offset is taken as UTC."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text[-1:] in {"z", "Z"}:
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
 def _text(value: Any) -> str | None:

@@ -152,6 +152,7 @@ async def check_graph(
     """The Graph lines: sign-in, reading users, the Entra group, the attribute set, and the permissions; who is
     signed in (``None`` when the sign-in failed)."""
     rest = ["graph_read_users", "graph_read_definitions", "attribute_set", "attribute_token", "attribute_url"]
+    rest += ["attribute_expires"]
     rest += [WRITE_ATTRIBUTES.key, READ_ATTRIBUTES.key] + (["group"] if group_source == "entra" else [])
 
     def skip_rest(reason: str) -> None:

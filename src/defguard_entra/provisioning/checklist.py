@@ -19,6 +19,7 @@ import attrs
 from .._defguard_auth import DEFGUARD_AUTH_HINTS
 from ..config import DEFAULT_ATTRIBUTE_SET
 from ..models import (
+    ATTRIBUTE_EXPIRES,
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
     AttributeSetCheck,
@@ -38,6 +39,7 @@ __all__ = [
     "attribute_items",
     "defguard_token_items",
     "deployment_items",
+    "expiry_item",
     "permission_item",
     "read_users_item",
 ]
@@ -185,6 +187,7 @@ def attribute_items(
             ),
             CheckItem("attribute_set", f"attribute set {set_name!r}", SKIP, reason),
             *(CheckItem(_attribute_key(n), f"{set_name}.{n}", SKIP, reason) for n in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL)),
+            expiry_item(check, set_name),
         ]
     items = [CheckItem("graph_read_definitions", "permission to read attribute definitions", OK, "")]
     if not check.set_exists:
@@ -203,6 +206,7 @@ def attribute_items(
             CheckItem(_attribute_key(n), f"{set_name}.{n}", SKIP, "the attribute set does not exist")
             for n in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL)
         )
+        items.append(expiry_item(check, set_name))
         return items
     items.append(CheckItem("attribute_set", f"attribute set {set_name!r}", OK, "exists"))
     for name in (ATTRIBUTE_TOKEN, ATTRIBUTE_URL):
@@ -214,7 +218,41 @@ def attribute_items(
         items.append(
             CheckItem(_attribute_key(name), label, FAIL, "; ".join(problems), _attribute_hint(set_name, name, problems))
         )
+    items.append(expiry_item(check, set_name))
     return items
+
+
+def expiry_item(check: AttributeSetCheck, set_name: str) -> CheckItem:
+    """The optional ``EnrollmentTokenExpiresAt`` line: OK when defined as a single-valued String, a warning (never a
+    failure) when it is missing or defined otherwise, with how to define it; skipped when nothing can be read."""
+    key, label = "attribute_expires", f"{set_name}.{ATTRIBUTE_EXPIRES} (optional)"
+    if not check.readable or not check.set_exists:
+        why = "needs a readable definition" if not check.readable else "the attribute set does not exist"
+        return CheckItem(key, label, SKIP, why)
+    if check.defines_expiry:
+        return CheckItem(key, label, OK, "single-valued String, free-form, Available: each token's expiry is stored")
+    define = (
+        f"to have each token's expiry stored, add the attribute {ATTRIBUTE_EXPIRES} to the set {set_name}: data "
+        "type String, single value, free-form (see docs/entra-setup.md); needs the Attribute Definition "
+        "Administrator role"
+    )
+    if check.expiry_problems:
+        return CheckItem(
+            key,
+            label,
+            WARN,
+            "; ".join(check.expiry_problems) + ": the expiry is not stored",
+            "attributes cannot be deleted or change type: define it in a new attribute set with the other two "
+            "(--attribute-set-name NAME), or edit it as the problem says",
+        )
+    return CheckItem(
+        key,
+        label,
+        WARN,
+        "not defined: tokens are stored without their expiry, so a later run (sync, status) cannot know when a "
+        "stored token expires",
+        define,
+    )
 
 
 def _attribute_key(name: str) -> str:

@@ -74,6 +74,8 @@ class _Minting:
     stalled: str | None = None
     started: list[Member] = attrs.field(factory=list)
     progressed: float = attrs.field(factory=time.monotonic)
+    #: The set defines ``EnrollmentTokenExpiresAt``: write the token's expiry (or null) with it.
+    expiry: bool = False
 
     @property
     def stopped(self) -> bool:
@@ -177,6 +179,12 @@ class _Minting:
         if rest and not self.stopped:  # interrupted: progress counts only the members worked on
             self.count(len(rest))
 
+    def values(self, token: IssuedToken) -> dict[str, str | None]:
+        """What one member's write stores: token and URL, and with :attr:`expiry` the token's expiry in the same
+        PATCH (null when Defguard did not say, so an older expiry never outlives the token it was for)."""
+        stored = EnrollmentAttributes(token=token.token, url=token.url, expires_at=token.expires_at)
+        return stored.to_graph(expiry=self.expiry)
+
     async def mint_into(self, member: Member, queue: WriteQueue, release: Callable[[Member], None]) -> None:
         """Mint ``member``'s token and queue it for its write; a member with nothing to store is final here."""
         token = None
@@ -204,7 +212,7 @@ class _Minting:
         for member in batch:
             assert member.entra is not None
             assert member.token is not None
-            to_write[member.entra.id] = EnrollmentAttributes(token=member.token.token, url=member.token.url).to_graph()
+            to_write[member.entra.id] = self.values(member.token)
             owners[member.entra.id] = member
         try:
             refused = await self.write(to_write, owners, release)
@@ -327,7 +335,7 @@ class _Minting:
             if self.url_problem(result) is not None:
                 continue  # settled by the caller (the first token minted) — a URL cannot change between members
             assert member.entra is not None
-            to_write[member.entra.id] = EnrollmentAttributes(token=result.token, url=result.url).to_graph()
+            to_write[member.entra.id] = self.values(result)
             owners[member.entra.id] = member
         if to_write:
             refused = await self.write(to_write, owners, None)
@@ -384,11 +392,13 @@ async def mint_and_write(
     journal: Journal | None,
     stall_after: float | None = None,
     notes: list[str] | None = None,
+    expiry: bool = False,
 ) -> tuple[str | None, bool]:
     """Mint for ``todo`` and store each token; the fatal error (a URL that cannot work), and whether interrupted.
     ``stall_after``: the watchdog's limit in seconds of silence from both services (``None``: no watchdog); when
-    it fires, the reason is added to ``notes``."""
-    minting = _Minting(clients, todo, lifetime, progress, stop, journal, stall_after)
+    it fires, the reason is added to ``notes``. ``expiry``: the set defines ``EnrollmentTokenExpiresAt``
+    (:attr:`Run.expiry_attribute`), written with each token."""
+    minting = _Minting(clients, todo, lifetime, progress, stop, journal, stall_after, expiry=expiry)
     result = await minting.run()
     if minting.stalled is not None and notes is not None:
         notes.append(minting.stalled + ": the members in flight and not yet done ended failed")

@@ -49,6 +49,9 @@ class Run:
     version: str | None = None
     #: The group's id when the command was given one (``group_id=``): the group it names, whatever its name.
     group_id: str | None = None
+    #: Whether the attribute set defines ``EnrollmentTokenExpiresAt`` (set by the preflight; ``None``: the
+    #: definitions could not be read). Only ``True`` makes the writes include it.
+    expiry_attribute: bool | None = None
     _last: float = attrs.field(factory=time.monotonic, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -142,7 +145,9 @@ def outcome(member: Member, command: str) -> Outcome:
     pair = member.stored if command in {"status", "clear"} else None
     if pair is None:
         return result
-    return attrs.evolve(result, enrollment_url=pair.url, enrollment_token=pair.token)
+    stored = attrs.evolve(result, enrollment_url=pair.url, enrollment_token=pair.token)
+    # status: when the stored token expires, as EnrollmentTokenExpiresAt says (None: not stored, or not a date)
+    return attrs.evolve(stored, token_expires_at=pair.expires_at) if command == "status" else stored
 
 
 def desktop_note(members: Iterable[Member], audit: Mapping[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ import attrs
 from ..config import GRAPH_CLI_CLIENT_ID, AuthMode, validate_group_id
 from ..exceptions import ConfigurationError, EntraAPIError, EntraError, PreflightError
 from ..models import (
+    ATTRIBUTE_EXPIRES,
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
     ENROLLED_POLICIES,
@@ -155,7 +156,8 @@ async def preflight(clients: Clients, run: Run, *, mints: bool = False) -> list[
     if not check.readable:
         run.note(
             f"could not read the definitions of attribute set {name!r} (needs "
-            "CustomSecAttributeDefinition.Read.All and the Attribute Definition Reader role): not checked",
+            "CustomSecAttributeDefinition.Read.All and the Attribute Definition Reader role): not checked, and "
+            f"the tokens' expiry is not stored ({ATTRIBUTE_EXPIRES} may not be defined)",
             warn=True,
         )
     elif not check.set_exists:
@@ -165,6 +167,9 @@ async def preflight(clients: Clients, run: Run, *, mints: bool = False) -> list[
         )
     elif check.problems:
         raise PreflightError("; ".join(check.problems) + " (see docs/entra-setup.md)")
+    run.expiry_attribute = check.defines_expiry
+    if check.expiry_problems:
+        log.warning("%s: the token's expiry is not stored (see docs/entra-setup.md)", "; ".join(check.expiry_problems))
     run.version = server.version
     if run.group_source == "defguard":
         return await _defguard_members(clients, run.group_name, run.group_id)

@@ -227,6 +227,7 @@ class ProvisioningService(ServiceLifecycle):
                     journal=journal,
                     stall_after=self.stall_limit(),
                     notes=run.notes,
+                    expiry=run.expiry_attribute is True,
                 )
             run.mark("write")
             log.info("minted and stored %d tokens (%.2fs)", sum(m.token is not None for m in members), run.seconds)
@@ -303,7 +304,7 @@ class ProvisioningService(ServiceLifecycle):
                 for member in todo:
                     member.settle(Status.PLANNED)
             elif todo:
-                await stored.clear_values(clients, todo, progress, stop)
+                await stored.clear_values(clients, todo, progress, stop, expiry=run.expiry_attribute is True)
             if journal is not None:  # a cleared member holds nothing that could be dead
                 journal.done(m.username for m in members if m.username and m.status is Status.CLEARED)
             run.mark("write")

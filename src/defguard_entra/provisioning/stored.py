@@ -57,9 +57,15 @@ async def skip_existing(clients: Clients, todo: Sequence[Member]) -> None:
 
 
 async def clear_values(
-    clients: Clients, todo: Sequence[Member], progress: Progress | None, stop: threading.Event | None
+    clients: Clients,
+    todo: Sequence[Member],
+    progress: Progress | None,
+    stop: threading.Event | None,
+    *,
+    expiry: bool = False,
 ) -> None:
-    """Null both attributes, a few batches at a time; stop between slices when asked (in-flight ones finish)."""
+    """Null both attributes (``expiry``: and ``EnrollmentTokenExpiresAt``, for a set that defines it), a few
+    batches at a time; stop between slices when asked (in-flight ones finish)."""
     total, done = len(todo), 0
     abort: str | None = None
     for chunk in chunked(todo, BATCH_LIMIT * 4):
@@ -71,7 +77,7 @@ async def clear_values(
             for member in chunk:
                 member.settle(Status.FAILED, f"not attempted: {abort}")
         else:
-            values = {m.entra.id: EnrollmentAttributes().to_graph() for m in chunk if m.entra}
+            values = {m.entra.id: EnrollmentAttributes().to_graph(expiry=expiry) for m in chunk if m.entra}
             try:
                 results = await clients.entra.write_attributes(clients.attribute_set, values)
             except EntraError as exc:

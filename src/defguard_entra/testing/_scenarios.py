@@ -10,6 +10,7 @@ token), so tests and the demo can check the outcome rather than just print it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,15 @@ from typing import Any
 from .defguard import DefguardEmulator
 from .graph import GraphEmulator
 
-__all__ = ["SAMPLE_GROUP", "Scenario", "environment", "running_emulators", "seed_sample_organisation"]
+__all__ = [
+    "EXPIRY_SLACK",
+    "SAMPLE_GROUP",
+    "Scenario",
+    "environment",
+    "expiry_difference",
+    "running_emulators",
+    "seed_sample_organisation",
+]
 
 SAMPLE_GROUP = "VPN Users"
 
@@ -52,6 +61,11 @@ class Scenario:
                 problems.append(f"{name}: Entra does not hold the token Defguard considers valid")
             elif defguard.token_kind(token) != self.token_kinds[name]:
                 problems.append(f"{name}: got a {defguard.token_kind(token)} token, not {self.token_kinds[name]}")
+            elif graph.defines(attribute_set, "EnrollmentTokenExpiresAt"):
+                held = graph.attributes(self.entra_ids[name]).get(attribute_set, {}).get("EnrollmentTokenExpiresAt")
+                problem = expiry_difference(held, defguard.token_expiry(token))
+                if problem is not None:
+                    problems.append(f"{name}: {problem}")
         problems.extend(
             f"{name}: attributes written although {self.expected[name]}"
             for name, entra_id in sorted(self.entra_ids.items())
@@ -60,15 +74,51 @@ class Scenario:
         return problems
 
 
+#: How much earlier than Defguard's own record a stored expiry may be: the tool counts the lifetime from just
+#: before its request and stores whole seconds, so it never claims a token lives longer than it does.
+EXPIRY_SLACK = dt.timedelta(seconds=5)
+
+
+def expiry_difference(held: Any, expires: dt.datetime | None) -> str | None:
+    """What is wrong with a stored ``EnrollmentTokenExpiresAt`` given when Defguard says the token expires
+    (``None``: nothing): it must be ISO 8601 UTC to the second (``…Z``), at most :data:`EXPIRY_SLACK` earlier and
+    never later than Defguard's expiry. Nothing stored is no difference: the tool stores null when it cannot know
+    the expiry (Defguard 1.6 does not tell its default token lifetime)."""
+    if held is None:
+        return None
+    if expires is None:
+        return f"Entra holds the expiry {held!r}, Defguard's token has none"
+    stored = _utc_seconds(held)
+    if stored is None:
+        return f"Entra holds the expiry {held!r}, not YYYY-MM-DDTHH:MM:SSZ"
+    if not dt.timedelta(0) <= expires - stored <= EXPIRY_SLACK:
+        return f"Entra holds the expiry {held}, Defguard's token expires {expires.isoformat()}"
+    return None
+
+
+def _utc_seconds(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or len(value) != 20 or not value.endswith("Z"):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def seed_sample_organisation(
     defguard: DefguardEmulator,
     graph: GraphEmulator,
     *,
     group: str = SAMPLE_GROUP,
     attribute_set: str = "Defguard",
+    expiry_attribute: bool = True,
 ) -> Scenario:
-    """Seed both emulators with one member per outcome; the same group exists in Defguard and in Entra."""
+    """Seed both emulators with one member per outcome; the same group exists in Defguard and in Entra. The set
+    defines ``EnrollmentToken``, ``EnrollmentUrl`` and (unless ``expiry_attribute`` is false) the optional
+    ``EnrollmentTokenExpiresAt``."""
     graph.define_attribute_set(attribute_set)
+    if expiry_attribute:
+        graph.define_attribute(attribute_set, "EnrollmentTokenExpiresAt", description="When the token expires (UTC)")
     synced = {"synced": True}  # created by directory sync: OpenID subject = the Entra object id, no password
     people: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = [
         # username, Defguard fields, Entra user (None: not in Entra), expected status

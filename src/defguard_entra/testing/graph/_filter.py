@@ -305,6 +305,7 @@ def parse_filter(text: str) -> FilterNode:
 class _Analysis:
     advanced: list[str] = field(default_factory=list)  # why the filter needs advanced query parameters
     equalities: int = 0
+    csa: bool = False  # the filter reads custom security attribute values (the caller must be allowed to read them)
 
 
 def _lower(value: Any) -> Any:
@@ -335,6 +336,7 @@ class FilterEngine:
             if len(path) != 3:
                 raise bad_request("Filter on customSecurityAttributes needs customSecurityAttributes/<set>/<name>.")
             self.analysis.advanced.append("custom security attribute filters")
+            self.analysis.csa = True
             return prop
         if len(path) != 1:
             raise bad_request(f"Property '{path[0]}' has no property '{path[1]}'.")
@@ -421,20 +423,30 @@ class FilterEngine:
             return (csa.get(path[1]) or {}).get(path[2])
         return prop.get(obj)
 
+    def _case_sensitive(self, path: tuple[str, ...]) -> bool:
+        """Custom security attribute values compare case-sensitively ("The filter value is case sensitive", List
+        users, https://learn.microsoft.com/graph/api/user-list); directory properties do not."""
+        return len(path) == 3 and path[0].lower() == "customsecurityattributes"
+
     def matches(self, obj: Any, node: FilterNode | None = None, env: Mapping[str, Any] | None = None) -> bool:
         node = self.node if node is None else node
         env = env or {}
         if isinstance(node, Comparison):
-            return _compare(self._value(obj, node.path, env), node.op, node.value)
+            exact = self._case_sensitive(node.path)
+            return _compare(self._value(obj, node.path, env), node.op, node.value, exact=exact)
         if isinstance(node, InList):
+            if self._case_sensitive(node.path):
+                return self._value(obj, node.path, env) in node.values
             value = _lower(self._value(obj, node.path, env))
             return any(value == _lower(v) for v in node.values)
         if isinstance(node, Call):
             value = self._value(obj, node.path, env)
             if not isinstance(value, str):
                 return False
-            needle = str(node.value).lower()
-            return value.lower().startswith(needle) if node.func == "startswith" else value.lower().endswith(needle)
+            needle = str(node.value)
+            if not self._case_sensitive(node.path):
+                value, needle = value.lower(), needle.lower()
+            return value.startswith(needle) if node.func == "startswith" else value.endswith(needle)
         if isinstance(node, Lambda):
             items = self._value(obj, node.path, env) or []
             if node.body is None:
@@ -447,11 +459,11 @@ class FilterEngine:
         return self.matches(obj, node.left, env) or self.matches(obj, node.right, env)
 
 
-def _compare(actual: Any, op: str, expected: Any) -> bool:
+def _compare(actual: Any, op: str, expected: Any, *, exact: bool = False) -> bool:
     if expected is None or actual is None:
         same = actual is None and expected is None
         return same if op == "eq" else (not same if op == "ne" else False)
-    left, right = _lower(actual), _lower(expected)
+    left, right = (actual, expected) if exact else (_lower(actual), _lower(expected))
     if op == "eq":
         return bool(left == right)
     if op == "ne":

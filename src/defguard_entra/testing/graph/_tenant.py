@@ -216,6 +216,12 @@ class Tenant(EmulatorServer):
             )
             self._definitions[definition.id] = definition
 
+    def defines(self, set_name: str, name: str) -> bool:
+        """Whether attribute ``name`` is defined in ``set_name`` (case-sensitive, as Graph's names are)."""
+        with self.lock:
+            definition = self._definitions.get(f"{set_name}_{name}")
+            return definition is not None and definition.attribute_set == set_name and definition.name == name
+
     def set_attributes(self, user: str, set_name: str, values: Mapping[str, Any]) -> None:
         """Seed stored attribute values directly (no validation; ``None`` removes a value)."""
         with self.lock:
