@@ -154,6 +154,16 @@ class Seeding(DefguardState):
                 self._join(self._user(username), group)
             return group.id
 
+    def leave_group(self, username: str, group: str) -> None:
+        """Take a user out of a group, as an admin in the UI or directory sync does when the member leaves the Entra
+        group (``DELETE /api/v1/group/{name}/user/{username}``); its tokens are left alone, as Defguard leaves them."""
+        with self.lock:
+            user = self._user(username)
+            self._groups[group].members.pop(username, None)
+            if group in user.groups:
+                user.groups.remove(group)
+            self._touch(user)
+
     def add_api_token(self, username: str) -> str:
         """Mint an API token (``dg-`` + 32 alphanumerics) for ``username``; only its SHA-256 is kept.
 
