@@ -29,6 +29,9 @@ from .exceptions import (
     UnexpectedResponseError,
 )
 from .models import (
+    ActivityEvent,
+    ActivityKind,
+    ActivityLog,
     AttributeSetCheck,
     CheckItem,
     Checklist,
@@ -52,6 +55,7 @@ from .models import (
     Secret,
     Status,
     TokenKind,
+    TokenState,
     WriteResult,
 )
 
@@ -71,6 +75,9 @@ if TYPE_CHECKING:
     from .provisioning import ProvisioningService
 
 __all__ = [
+    "ActivityEvent",
+    "ActivityKind",
+    "ActivityLog",
     "AsyncEntraClient",
     "AttributeSetCheck",
     "AuthMode",
@@ -120,6 +127,7 @@ __all__ = [
     "Settings",
     "Status",
     "TokenKind",
+    "TokenState",
     "UnexpectedResponseError",
     "WriteOutcome",
     "WriteResult",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -40,7 +40,17 @@ from ._retry import Activity, Retryable, RetryPolicy
 from ._version import __version__
 from .config import validate_defguard_url
 from .exceptions import DefguardAPIError, DefguardAuthError, DefguardUnreachableError, UnexpectedResponseError
-from .models import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken, Secret, TokenKind
+from .models import (
+    ActivityKind,
+    ActivityLog,
+    DefguardDeployment,
+    DefguardGroup,
+    DefguardServer,
+    DefguardUser,
+    IssuedToken,
+    Secret,
+    TokenKind,
+)
 
 __all__ = ["DefguardClient"]
 
@@ -266,6 +276,12 @@ class DefguardClient:
         lifetime = self._server_lifetime
         expires = started + lifetime if lifetime else None
         return issued_token(payload, TokenKind.DESKTOP, expires, retries, base=self._base)
+
+    def activity_log(self, *, since: dt.datetime, kinds: Collection[ActivityKind] | None = None) -> ActivityLog:
+        """Defguard's activity log since ``since`` (placeholder of the issue-15 contract: developer A's reader of
+        ``GET /api/v1/activity_log`` replaces it at the merge; until then the log is reported not available)."""
+        del since, kinds
+        return ActivityLog(available=False, problem="this build of defguard-entra does not read the activity log yet")
 
     # -- the chokepoint --------------------------------------------------------------------------------------
 

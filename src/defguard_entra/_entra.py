@@ -35,7 +35,7 @@ from ._retry import Activity, Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
 from .config import GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
-from .models import AttributeSetCheck, Match, WriteResult
+from .models import AttributeSetCheck, EntraUser, Match, WriteResult
 
 __all__ = ["AsyncEntraClient", "AttributeSetCheck"]
 
@@ -401,6 +401,14 @@ class AsyncEntraClient(GroupQueries):
                 continue
             out[entra_id] = _attributes.values_of(answer.get("body") or {}, set_name)
         return out
+
+    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]:
+        """Every user whose ``set_name/attribute`` equals ``value`` (placeholder of the issue-15 contract:
+        developer B's filtered ``GET /users`` replaces it at the merge; until then it raises :class:`EntraError`, which
+        ``sync`` reports as a note)."""
+        del value
+        msg = f"looking users up by {set_name}.{attribute} is not implemented in this build"
+        raise EntraError(msg)
 
     async def read_my_attributes(self, set_name: str) -> dict[str, Any] | None:
         """The signed-in user's values in ``set_name`` (``None``: not assigned, or not permitted to read)."""

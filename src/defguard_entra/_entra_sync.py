@@ -152,6 +152,7 @@ class EntraClient:
     check_attribute_set = delegated(AsyncEntraClient.check_attribute_set)
     write_attributes = delegated(AsyncEntraClient.write_attributes)
     read_attributes = delegated(AsyncEntraClient.read_attributes)
+    find_holders = delegated(AsyncEntraClient.find_holders)
 
     @property
     def stats(self) -> dict[str, int]:

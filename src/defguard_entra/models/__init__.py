@@ -6,7 +6,18 @@ raw payload. Tokens are :class:`Secret` so that ``repr``, logs and reports never
 
 from __future__ import annotations
 
-from ._defguard import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken
+from ._defguard import (
+    ActivityEvent,
+    ActivityLog,
+    DefguardDeployment,
+    DefguardGroup,
+    DefguardServer,
+    DefguardUser,
+    IssuedToken,
+)
+from ._entra import (
+    ATTRIBUTE_EXPIRES as ATTRIBUTE_EXPIRES,
+)
 from ._entra import (
     ATTRIBUTE_TOKEN as ATTRIBUTE_TOKEN,
 )
@@ -33,18 +44,23 @@ from ._values import (
     GROUP_SOURCES as GROUP_SOURCES,
 )
 from ._values import (
+    ActivityKind,
     EnrolledPolicy,
     GroupSource,
     MatchedBy,
     Secret,
     Status,
     TokenKind,
+    TokenState,
 )
 from ._values import live_secret_values as live_secret_values
 
 #: The public types (all exported by the package too); the constants above are re-exported for the library's own
 #: modules only.
 __all__ = [
+    "ActivityEvent",
+    "ActivityKind",
+    "ActivityLog",
     "AttributeSetCheck",
     "CheckItem",
     "CheckState",
@@ -68,5 +84,6 @@ __all__ = [
     "Secret",
     "Status",
     "TokenKind",
+    "TokenState",
     "WriteResult",
 ]

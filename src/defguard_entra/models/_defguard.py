@@ -8,9 +8,17 @@ from typing import Any, Self
 
 import attrs
 
-from ._values import Secret, TokenKind, as_tuple
+from ._values import ActivityKind, Secret, TokenKind, as_tuple
 
-__all__ = ["DefguardDeployment", "DefguardGroup", "DefguardServer", "DefguardUser", "IssuedToken"]
+__all__ = [
+    "ActivityEvent",
+    "ActivityLog",
+    "DefguardDeployment",
+    "DefguardGroup",
+    "DefguardServer",
+    "DefguardUser",
+    "IssuedToken",
+]
 
 
 def _user_devices(row: Mapping[str, Any]) -> int | None:
@@ -112,3 +120,25 @@ class IssuedToken:
     kind: TokenKind = TokenKind.ENROLLMENT
     expires_at: dt.datetime | None = None
     retries: int = 0
+
+
+@attrs.frozen
+class ActivityEvent:
+    """One row of Defguard's activity log, as far as it concerns tokens."""
+
+    at: dt.datetime  # timezone-aware UTC
+    kind: ActivityKind
+    event: str  # Defguard's event type as the API spells it
+    actor: str | None  # the username the row is under (who acted)
+    subject: str | None  # the username the action was for, as far as the API tells (None: cannot be read)
+    id: int | None = None
+
+
+@attrs.frozen
+class ActivityLog:
+    """The rows of Defguard's activity log a run read; ``available`` False when this server or API token cannot
+    read the log (license, permission, too old), with the reason in ``problem``."""
+
+    events: tuple[ActivityEvent, ...] = ()
+    available: bool = True
+    problem: str | None = None

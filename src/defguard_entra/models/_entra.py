@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -10,6 +11,7 @@ import attrs
 from ._values import MatchedBy, Secret, as_tuple
 
 __all__ = [
+    "ATTRIBUTE_EXPIRES",
     "ATTRIBUTE_TOKEN",
     "ATTRIBUTE_URL",
     "AttributeSetCheck",
@@ -25,6 +27,19 @@ __all__ = [
 #: The two custom security attributes of the documented flow, in the attribute set (default ``Defguard``).
 ATTRIBUTE_TOKEN = "EnrollmentToken"  # noqa: S105 - an attribute name
 ATTRIBUTE_URL = "EnrollmentUrl"
+#: The optional third attribute: when the stored token expires (String, ISO 8601 UTC).
+ATTRIBUTE_EXPIRES = "EnrollmentTokenExpiresAt"
+
+
+def _parse_instant(value: Any) -> dt.datetime | None:
+    """An ISO 8601 instant as an aware UTC datetime; ``None`` for anything else (a naive one is taken as UTC)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
 @attrs.frozen
@@ -108,6 +123,7 @@ class AttributeSetCheck:
     readable: bool
     set_exists: bool = False
     problems: tuple[str, ...] = ()
+    defines_expiry: bool | None = None  # the set defines EnrollmentTokenExpiresAt (None: not known)
 
     @property
     def ok(self) -> bool:
@@ -128,6 +144,8 @@ class EnrollmentAttributes:
     url: str | None = None
     not_text: tuple[str, ...] = ()
     """The pair's attributes that hold a value that is not text (an attribute defined with another type)."""
+    expires_at: dt.datetime | None = None
+    """``EnrollmentTokenExpiresAt``, when the set holds a readable one."""
 
     @classmethod
     def from_graph(cls, values: Mapping[str, Any] | None) -> Self | None:
@@ -146,13 +164,19 @@ class EnrollmentAttributes:
                 for name, value in ((ATTRIBUTE_TOKEN, token), (ATTRIBUTE_URL, url))
                 if value is not None and not isinstance(value, str)
             ),
+            expires_at=_parse_instant(values.get(ATTRIBUTE_EXPIRES)),
         )
         return None if pair.empty and not pair.not_text else pair
 
-    def to_graph(self) -> dict[str, str | None]:
+    def to_graph(self, *, expiry: bool = False) -> dict[str, str | None]:
         """The values that store exactly this pair with :meth:`AsyncEntraClient.write_attributes` (other
-        attributes of the set are left alone: Graph changes only the attributes it is sent)."""
-        return {ATTRIBUTE_TOKEN: self.token.value if self.token else None, ATTRIBUTE_URL: self.url}
+        attributes of the set are left alone: Graph changes only the attributes it is sent); with ``expiry`` also
+        ``EnrollmentTokenExpiresAt`` (ISO 8601 UTC, or null)."""
+        values = {ATTRIBUTE_TOKEN: self.token.value if self.token else None, ATTRIBUTE_URL: self.url}
+        if expiry:
+            at = self.expires_at
+            values[ATTRIBUTE_EXPIRES] = at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if at else None
+        return values
 
     @property
     def complete(self) -> bool:

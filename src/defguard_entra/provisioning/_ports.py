@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +18,8 @@ import attrs
 from .._retry import Activity
 from ..config import GraphSettings
 from ..models import (
+    ActivityKind,
+    ActivityLog,
     AttributeSetCheck,
     DefguardDeployment,
     DefguardGroup,
@@ -56,6 +58,9 @@ class DefguardPort(Protocol):
         self, username: str, lifetime: dt.timedelta | None = None, *, proceed: Callable[[], bool] | None = None
     ) -> IssuedToken: ...
     def start_desktop(self, username: str, *, proceed: Callable[[], bool] | None = None) -> IssuedToken: ...
+    def activity_log(
+        self, *, since: dt.datetime, kinds: Collection[ActivityKind] | None = None
+    ) -> ActivityLog: ...  # all pages; not readable: ActivityLog(available=False, ...), never an exception
 
 
 class GraphPort(Protocol):
@@ -89,6 +94,7 @@ class GraphPort(Protocol):
         *,
         on_written: Callable[[str, bool], None] | None = None,
     ) -> Mapping[str, WriteResult]: ...
+    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]: ...
 
 
 @attrs.frozen

@@ -66,6 +66,8 @@ class _Minting:
     stop: threading.Event | None
     journal: Journal | None
     stall_after: float | None = None
+    #: Store ``EnrollmentTokenExpiresAt`` with each token (the attribute set defines it).
+    expiry: bool = False
     breaker: Breaker = attrs.field(factory=Breaker)
     abort: list[str] = attrs.field(factory=list)
     done: int = 0
@@ -204,7 +206,7 @@ class _Minting:
         for member in batch:
             assert member.entra is not None
             assert member.token is not None
-            to_write[member.entra.id] = EnrollmentAttributes(token=member.token.token, url=member.token.url).to_graph()
+            to_write[member.entra.id] = self.values_of(member.token)
             owners[member.entra.id] = member
         try:
             refused = await self.write(to_write, owners, release)
@@ -213,6 +215,11 @@ class _Minting:
         if refused is not None:
             self.aborted(refused)
         self.finished(batch, release)
+
+    def values_of(self, token: IssuedToken) -> dict[str, str | None]:
+        """What one member's write stores: the pair, and with :attr:`expiry` the token's expiry."""
+        pair = EnrollmentAttributes(token=token.token, url=token.url, expires_at=token.expires_at)
+        return pair.to_graph(expiry=self.expiry)
 
     def aborted(self, exc: Abort) -> None:
         self.abort.append(str(exc))
@@ -327,7 +334,7 @@ class _Minting:
             if self.url_problem(result) is not None:
                 continue  # settled by the caller (the first token minted) — a URL cannot change between members
             assert member.entra is not None
-            to_write[member.entra.id] = EnrollmentAttributes(token=result.token, url=result.url).to_graph()
+            to_write[member.entra.id] = self.values_of(result)
             owners[member.entra.id] = member
         if to_write:
             refused = await self.write(to_write, owners, None)
@@ -384,11 +391,12 @@ async def mint_and_write(
     journal: Journal | None,
     stall_after: float | None = None,
     notes: list[str] | None = None,
+    expiry: bool = False,
 ) -> tuple[str | None, bool]:
     """Mint for ``todo`` and store each token; the fatal error (a URL that cannot work), and whether interrupted.
     ``stall_after``: the watchdog's limit in seconds of silence from both services (``None``: no watchdog); when
-    it fires, the reason is added to ``notes``."""
-    minting = _Minting(clients, todo, lifetime, progress, stop, journal, stall_after)
+    it fires, the reason is added to ``notes``. ``expiry``: also store ``EnrollmentTokenExpiresAt``."""
+    minting = _Minting(clients, todo, lifetime, progress, stop, journal, stall_after, expiry=expiry)
     result = await minting.run()
     if minting.stalled is not None and notes is not None:
         notes.append(minting.stalled + ": the members in flight and not yet done ended failed")
