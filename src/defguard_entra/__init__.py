@@ -55,6 +55,7 @@ from .models import (
     Secret,
     Status,
     TokenKind,
+    TokenState,
     WriteResult,
 )
 
@@ -126,6 +127,7 @@ __all__ = [
     "Settings",
     "Status",
     "TokenKind",
+    "TokenState",
     "UnexpectedResponseError",
     "WriteOutcome",
     "WriteResult",

@@ -48,6 +48,7 @@ from defguard_entra import (
     Secret,
     Settings,
     Status,
+    TokenState,
     WriteResult,
     fetch_provisioning_config,
     write_export,
@@ -93,6 +94,11 @@ def sync_service(settings: Settings) -> Report:
         assert_type(service.export("VPN Users", after=report), Report)
         service.provision(group_name=42)  # type: ignore[arg-type]
         service.provision("VPN Users", "entra")  # type: ignore[call-arg]
+        synced = service.sync("VPN Users", refresh_before=dt.timedelta(hours=6), max_changes="20%", dry_run=True)
+        assert_type(synced, Report)
+        assert_type(synced.held, str | None)
+        assert_type(synced.outcome("alice").token_state, TokenState | None)
+        service.sync("VPN Users", max_changes=2.5)  # type: ignore[arg-type]
     return report
 
 
@@ -103,6 +109,7 @@ async def async_service(settings: Settings) -> None:
         assert_type(await service.aclear("VPN Users"), Report)
         assert_type(await service.acheck("VPN Users"), Checklist)
         assert_type(await service.aexport("VPN Users"), Report)
+        assert_type(await service.async_("VPN Users", max_changes=50), Report)
 
 
 def results(report: Report, checklist: Checklist) -> None:

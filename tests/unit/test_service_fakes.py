@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ from defguard_entra.models import (
     ATTRIBUTE_EXPIRES,
     ATTRIBUTE_TOKEN,
     ATTRIBUTE_URL,
+    ActivityEvent,
+    ActivityKind,
+    ActivityLog,
     AttributeSetCheck,
     DefguardDeployment,
     DefguardGroup,
@@ -44,13 +47,18 @@ ENROLL = "https://enroll.example.com"
 
 
 class FakeDefguard:
-    """Defguard in memory: users, one group, and every token minted (``minted``: username, kind)."""
+    """Defguard in memory: users, one group, every token minted (``minted``: username, kind) and the activity log
+    rows each one leaves (``rows``: ``token_added`` under the admin for the member, at ``clock()``)."""
 
     def __init__(self, users: Sequence[DefguardUser], *, version: str = "2.0.1") -> None:
         self.users_by_name = {u.username: u for u in users}
         self.group = DefguardGroup(GROUP, tuple(self.users_by_name))
         self.version = version
         self.minted: list[tuple[str, TokenKind]] = []
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+        self.rows: list[ActivityEvent] = []
+        self.log_problem: str | None = None  # the log is not available, for this reason
+        self.log_reads: list[dt.datetime] = []  # the ``since`` of each read
         self.on_mint: Any = None  # called with the username after each token
         self.activity = Activity()
         self.patience = 60.0
@@ -83,9 +91,24 @@ class FakeDefguard:
     def deployment(self) -> DefguardDeployment:
         return DefguardDeployment(enrollment_url=ENROLL, token_lifetime=dt.timedelta(hours=24))
 
-    def _issue(self, username: str, kind: TokenKind) -> IssuedToken:
+    def add_row(
+        self, kind: ActivityKind, actor: str | None, subject: str | None, at: dt.datetime | None = None
+    ) -> None:
+        when = at or self.clock()
+        self.rows.append(ActivityEvent(when, kind, kind.value, actor, subject, id=len(self.rows) + 1))
+
+    def activity_log(self, *, since: dt.datetime, kinds: Collection[ActivityKind] | None = None) -> ActivityLog:
+        self.log_reads.append(since)
+        if self.log_problem is not None:
+            return ActivityLog(available=False, problem=self.log_problem)
+        return ActivityLog(tuple(e for e in self.rows if e.at >= since and (kinds is None or e.kind in kinds)))
+
+    def _issue(self, username: str, kind: TokenKind, lifetime: dt.timedelta | None = None) -> IssuedToken:
         self.minted.append((username, kind))
-        token = IssuedToken(Secret(f"{kind.value}-{username}-{len(self.minted)}"), ENROLL, kind)
+        now = self.clock()
+        self.add_row(ActivityKind.TOKEN_ADDED, "admin", username, now)
+        expires = now + (lifetime if lifetime is not None and kind is TokenKind.ENROLLMENT else dt.timedelta(hours=24))
+        token = IssuedToken(Secret(f"{kind.value}-{username}-{len(self.minted)}"), ENROLL, kind, expires)
         if self.on_mint is not None:
             self.on_mint(username)
         return token
@@ -93,7 +116,7 @@ class FakeDefguard:
     def start_enrollment(
         self, username: str, lifetime: dt.timedelta | None = None, *, proceed: Any = None
     ) -> IssuedToken:
-        return self._issue(username, TokenKind.ENROLLMENT)
+        return self._issue(username, TokenKind.ENROLLMENT, lifetime)
 
     def start_desktop(self, username: str, *, proceed: Any = None) -> IssuedToken:
         return self._issue(username, TokenKind.DESKTOP)
@@ -113,6 +136,7 @@ class FakeGraph:
         self.writes: list[tuple[str, Mapping[str, str | None]]] = []
         self.failing_writes: dict[str, int] = {}  # entra id → status answered to its writes
         self.failing_reads: set[str] = set()
+        self.outside: list[EntraUser] = []  # users in the directory who are not in the group
         self.defines_expiry: bool | None = False  # whether the set defines EnrollmentTokenExpiresAt
 
     async def aclose(self) -> None:
@@ -155,10 +179,6 @@ class FakeGraph:
             found[key] = Match(user, MatchedBy.MAIL) if user is not None else Match()
         return found
 
-    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]:
-        by_id = {u.id: u for u in self.users}
-        return [by_id[i] for i, held in self.values.items() if held.get(attribute) == value and i in by_id]
-
     async def read_attributes(
         self, set_name: str, entra_ids: Sequence[str], *, errors: dict[str, str] | None = None
     ) -> Mapping[str, Mapping[str, Any] | None]:
@@ -170,6 +190,9 @@ class FakeGraph:
             else:
                 out[entra_id] = dict(self.values[entra_id]) if self.values.get(entra_id) else None
         return out
+
+    async def find_holders(self, set_name: str, attribute: str, value: str) -> list[EntraUser]:
+        return [u for u in [*self.users, *self.outside] if self.values.get(u.id, {}).get(attribute) == value]
 
     async def write_attributes(
         self, set_name: str, values: Mapping[str, Mapping[str, str | None]], *, on_written: Any = None
@@ -383,7 +406,7 @@ def test_status_reports_what_is_stored_and_what_provision_would_mint(
     assert alice.would_mint is TokenKind.ENROLLMENT
     assert report.outcome("carol").would_mint is None
     assert report.outcome("carol").error is not None
-    assert set(report.audit["timings"]) == {"preflight_seconds", "resolve_seconds", "read_seconds"}
+    assert set(report.audit["timings"]) == {"preflight_seconds", "resolve_seconds", "read_seconds", "log_seconds"}
     assert defguard.minted == []
     assert graph.writes == []
 
@@ -544,9 +567,9 @@ def test_provision_stores_the_expiry_in_the_same_write_when_the_set_defines_it(
     expiry = dt.datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=dt.UTC)
     issue = defguard._issue
 
-    def with_expiry(username: str, kind: TokenKind) -> IssuedToken:
-        token = issue(username, kind)  # bob's desktop token: no expiry known, so null is written
-        return attrs.evolve(token, expires_at=expiry) if kind is TokenKind.ENROLLMENT else token
+    def with_expiry(username: str, kind: TokenKind, lifetime: dt.timedelta | None = None) -> IssuedToken:
+        token = issue(username, kind, lifetime)  # bob's desktop token: no expiry known (1.6), so null is written
+        return attrs.evolve(token, expires_at=expiry if kind is TokenKind.ENROLLMENT else None)
 
     defguard._issue = with_expiry  # type: ignore[method-assign]
     report = service.provision(GROUP)
@@ -582,7 +605,9 @@ def test_the_write_probe_stays_a_write_that_changes_nothing_with_the_expiry_defi
     assert probe == ("id-alice", {ATTRIBUTE_TOKEN: "old", ATTRIBUTE_URL: ENROLL})  # what is stored, written back
     assert first_token[0] == "id-alice"
     assert first_token[1][ATTRIBUTE_TOKEN] != "old"
-    assert first_token[1][ATTRIBUTE_EXPIRES] is None  # the fake's token has no expiry: the old one is nulled
+    written = first_token[1][ATTRIBUTE_EXPIRES]  # the new token's expiry replaces the hand-edited value
+    assert written is not None
+    assert dt.datetime.fromisoformat(written) > dt.datetime.now(dt.UTC)
 
 
 def test_clear_nulls_the_expiry_too_when_the_set_defines_it(

@@ -53,6 +53,7 @@ from ._values import (
     Secret,
     Status,
     TokenKind,
+    TokenState,
 )
 from ._values import live_secret_values as live_secret_values
 
@@ -85,5 +86,6 @@ __all__ = [
     "Secret",
     "Status",
     "TokenKind",
+    "TokenState",
     "WriteResult",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ._values import GroupSource, MatchedBy, Secret, Status, TokenKind
+from ._values import GroupSource, MatchedBy, Secret, Status, TokenKind, TokenState
 
 __all__ = ["OUTCOME_FIELDS", "CheckItem", "CheckState", "Checklist", "Outcome", "Report", "summarize"]
 
@@ -53,6 +53,8 @@ class Outcome:
     defguard_enrolled: bool | None = None
     devices: int | None = None  # the Defguard user's devices when the run read them
     would_mint: TokenKind | None = None  # status: the token provision would mint now (None: nothing)
+    token_state: TokenState | None = None  # what the stored token was worth when the run judged it (before changes)
+    action: str | None = None  # sync's plan for the member: "mint", "refresh", "clear", "keep" or "none"
 
     def to_dict(self, *, reveal_tokens: bool = False) -> dict[str, Any]:
         token = self.enrollment_token
@@ -77,6 +79,8 @@ class Outcome:
             "defguard_enrolled": self.defguard_enrolled,
             "devices": self.devices,
             "would_mint": self.would_mint.value if self.would_mint else None,
+            "token_state": self.token_state.value if self.token_state else None,
+            "action": self.action,
         }
 
     def _repr_html_(self) -> str:
@@ -111,6 +115,10 @@ class Report:
     notes: tuple[str, ...] = ()
     audit: Mapping[str, Any] = attrs.field(factory=dict)
     fatal_error: str | None = None
+    held: str | None = None
+    """Why a ``sync`` plan was held by ``max_changes`` (nothing changed), or ``None``."""
+    plan: Mapping[str, int] = attrs.field(factory=dict)
+    """``sync``: members (and outsiders) per planned action, before it was applied."""
 
     @property
     def summary(self) -> dict[str, int]:
@@ -150,6 +158,8 @@ class Report:
             "audit": dict(self.audit),
             "notes": list(self.notes),
             "fatal_error": self.fatal_error,
+            "held": self.held,
+            "plan": dict(self.plan),
             "summary": self.summary,
         }
         if include_users:

@@ -20,6 +20,7 @@ __all__ = [
     "Secret",
     "Status",
     "TokenKind",
+    "TokenState",
     "as_tuple",
     "live_secret_values",
 ]
@@ -101,6 +102,7 @@ class Status(enum.StrEnum):
     KEPT = "kept"
     SET = "set"
     PARTIAL = "partial"  # status: only one of EnrollmentToken and EnrollmentUrl is stored
+    REFRESHED = "refreshed"  # sync: a stored token replaced by a fresh one
 
     @property
     def is_problem(self) -> bool:
@@ -116,6 +118,21 @@ _PROBLEMS = frozenset(
 class TokenKind(enum.StrEnum):
     ENROLLMENT = "enrollment"
     DESKTOP = "desktop"
+
+
+class TokenState(enum.StrEnum):
+    """What a stored token is worth now, as far as Defguard's records and the stored expiry tell
+    (:func:`defguard_entra.provisioning.tokens.judge_token` has the rules).
+
+    .. versionadded:: 0.2.0
+    """
+
+    USABLE = "usable"
+    EXPIRING = "expiring"  # usable, but expires within --refresh-before
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"  # Defguard minted another token for the user since (which deletes unused ones)
+    USED = "used"  # the user has opened this token (or a newer one) in the client since
+    UNKNOWN = "unknown"  # the records cannot decide
 
 
 class ActivityKind(enum.StrEnum):

@@ -66,6 +66,8 @@ class _Minting:
     stop: threading.Event | None
     journal: Journal | None
     stall_after: float | None = None
+    #: Store ``EnrollmentTokenExpiresAt`` with each token (the attribute set defines it).
+    expiry: bool = False
     breaker: Breaker = attrs.field(factory=Breaker)
     abort: list[str] = attrs.field(factory=list)
     done: int = 0
@@ -74,8 +76,6 @@ class _Minting:
     stalled: str | None = None
     started: list[Member] = attrs.field(factory=list)
     progressed: float = attrs.field(factory=time.monotonic)
-    #: The set defines ``EnrollmentTokenExpiresAt``: write the token's expiry (or null) with it.
-    expiry: bool = False
 
     @property
     def stopped(self) -> bool:

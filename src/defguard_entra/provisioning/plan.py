@@ -27,6 +27,7 @@ from ..models import (
     ProvisioningConfig,
     Status,
     TokenKind,
+    TokenState,
 )
 
 __all__ = [
@@ -79,6 +80,8 @@ class Member:
     read: bool = False  # the attribute set was read for this member (status, clear)
     values: Mapping[str, Any] | None = None  # what the attribute set held when read (None: nothing, or unreadable)
     config: ProvisioningConfig | None = None  # export: the stored pair, complete
+    state: TokenState | None = None  # sync, status: what the stored token was worth when judged
+    action: str | None = None  # sync: the plan's action for this member (mint, refresh, clear, keep, none)
 
     @property
     def email(self) -> str | None:

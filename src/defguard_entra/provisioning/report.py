@@ -44,7 +44,9 @@ class Run:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     audit: dict[str, Any] = attrs.field(factory=dict)
     timed: bool = True
-    started: dt.datetime = attrs.field(factory=_now)
+    #: The run's "now" (the service's clock): the start, the end, and every judgement of time.
+    clock: Callable[[], dt.datetime] = _now
+    started: dt.datetime = attrs.field(default=attrs.Factory(lambda self: self.clock(), takes_self=True))
     notes: list[str] = attrs.field(factory=list)
     version: str | None = None
     #: The group's id when the command was given one (``group_id=``): the group it names, whatever its name.
@@ -61,7 +63,7 @@ class Run:
     @property
     def seconds(self) -> float:
         """Seconds since the run started (for the log)."""
-        return (_now() - self.started).total_seconds()
+        return (self.clock() - self.started).total_seconds()
 
     def mark(self, phase: str) -> None:
         """Add the time since the last mark (or the start) to ``phase`` (nothing for a run that is not timed)."""
@@ -85,15 +87,17 @@ class Run:
         dry_run: bool = False,
         interrupted: bool = False,
         fatal: str | None = None,
+        held: str | None = None,
+        plan: Mapping[str, int] | None = None,
     ) -> Report:
-        """The report: one outcome per member, in order."""
+        """The report: one outcome per member, in order (``held`` and ``plan``: ``sync``'s)."""
         audit = self.audit
         if self.options:
             audit["options"] = {**audit.get("options", {}), **self.options}
         return Report(
             command=self.command,
             started_at=self.started,
-            finished_at=_now(),
+            finished_at=self.clock(),
             group_name=self.group_name,
             group_source=self.group_source,
             attribute_set=self.attribute_set,
@@ -106,6 +110,8 @@ class Run:
             notes=tuple(self.notes),
             audit=audit,
             fatal_error=fatal,
+            held=held,
+            plan=dict(plan or {}),
         )
 
 
@@ -122,6 +128,8 @@ def outcome(member: Member, command: str) -> Outcome:
         entra_id=entra.id if entra else None,
         user_principal_name=entra.user_principal_name if entra else None,
         error=member.error if member.status is not None else "internal error: member was never settled",
+        token_state=member.state,
+        action=member.action,
     )
     if command == "export":
         config = member.config
@@ -129,7 +137,7 @@ def outcome(member: Member, command: str) -> Outcome:
             return base
         return attrs.evolve(base, enrollment_url=config.enrollment_url, enrollment_token=config.enrollment_token)
     token = member.token
-    keep = token is not None and status is Status.PROVISIONED
+    keep = token is not None and status in {Status.PROVISIONED, Status.REFRESHED}
     result = attrs.evolve(
         base,
         enrollment_url=token.url if token is not None else None,
@@ -142,7 +150,7 @@ def outcome(member: Member, command: str) -> Outcome:
         devices=user.devices if user is not None else None,
         would_mint=member.kind if command == "status" else None,
     )
-    pair = member.stored if command in {"status", "clear"} else None
+    pair = member.stored if command in {"status", "clear"} or (command == "sync" and token is None) else None
     if pair is None:
         return result
     stored = attrs.evolve(result, enrollment_url=pair.url, enrollment_token=pair.token)

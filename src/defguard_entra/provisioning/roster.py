@@ -37,9 +37,11 @@ from .plan import (
 )
 from .report import Run, log
 from .suggest import did_you_mean
+from .sync_plan import ChangeLimit
 
 __all__ = [
     "checked_arguments",
+    "checked_sync_arguments",
     "graph_principal",
     "group_name_of",
     "members",
@@ -72,6 +74,40 @@ def checked_arguments(
     if group_id is not None:
         validate_group_id(group_id, group_source)
     return _checked_lifetime(lifetime)
+
+
+def checked_sync_arguments(
+    group_name: str | None,
+    group_source: str,
+    *,
+    enrolled: str,
+    lifetime: object,
+    group_id: object,
+    refresh_before: object,
+    max_changes: object,
+) -> tuple[dt.timedelta | None, dt.timedelta | None, ChangeLimit]:
+    """``sync``'s arguments, checked before anything is asked of a server: the lifetime, the refresh window
+    (``None``: a quarter of the lifetime) and the threshold on destructive changes."""
+    from .._durations import MAX_TOKEN_LIFETIME, parse_lifetime  # noqa: PLC0415
+
+    checked = checked_arguments(group_name, group_source, enrolled=enrolled, lifetime=lifetime, group_id=group_id)
+    limit = ChangeLimit.parse(max_changes)
+    window: dt.timedelta | None
+    if refresh_before is None or isinstance(refresh_before, dt.timedelta):
+        window = refresh_before
+    elif isinstance(refresh_before, str):
+        try:
+            window = parse_lifetime(refresh_before)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"refresh_before: {exc}") from None
+    else:
+        msg = f"refresh_before must be a datetime.timedelta or a duration string such as '6h', not {refresh_before!r}"
+        raise ConfigurationError(msg)
+    if window is not None and not dt.timedelta(0) <= window <= MAX_TOKEN_LIFETIME:
+        raise ConfigurationError(
+            f"refresh_before {window} must be between 0 and {MAX_TOKEN_LIFETIME.days} days: give a duration such as 6h"
+        )
+    return checked, window, limit
 
 
 async def group_name_of(clients: Clients, group_id: str, group_source: str) -> str:

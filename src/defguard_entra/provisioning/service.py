@@ -21,7 +21,7 @@ from .._sync import LoopThread, blocking
 from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for, validate_group_id
 from ..models import Checklist, DefguardServer, EnrolledPolicy, GroupSource, Report, Status
 from . import check as probes
-from . import mint, roster, stored
+from . import mint, roster, stored, sync_phases
 from ._lifecycle import ServiceLifecycle
 from ._ports import Clients
 from .journal import RunGuard, run_guard
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "ProvisioningService"]
 
 T = TypeVar("T")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class ProvisioningService(ServiceLifecycle):
@@ -57,6 +61,7 @@ class ProvisioningService(ServiceLifecycle):
         owns_clients: bool = False,
         state_dir: Path | None = None,
         stall_timeout: float | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.defguard: DefguardPort = defguard
         self.entra: GraphPort = entra
@@ -67,6 +72,8 @@ class ProvisioningService(ServiceLifecycle):
         self.stall_timeout = stall_timeout
         """Seconds of silence from both services that end a provision run; ``None``: :meth:`stall_limit`."""
         self.concurrency = max(1, concurrency)
+        self.clock: Callable[[], dt.datetime] = clock or _utc_now
+        """The service's "now" (aware UTC): the runs' start and end, and every judgement of a token's time."""
         self._owns = owns_clients
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="defguard")
         self._runner: LoopThread | None = None
@@ -147,6 +154,7 @@ class ProvisioningService(ServiceLifecycle):
             audit=dict(audit),
             timed=command != "export",
             group_id=group_id,
+            clock=self.clock,
         )
 
     @staticmethod
@@ -204,8 +212,9 @@ class ProvisioningService(ServiceLifecycle):
             run = self._start("provision", name, group_source, checked_id)
             members = await roster.members(clients, run, enrolled=enrolled, mints=True)
             if only_missing and any(m.status is None for m in members):
+                judge = await sync_phases.token_judge(clients, run, None, lifetime=lifetime, refresh_before=None)
                 await stored.skip_existing(
-                    clients, [m for m in members if m.status is None and m.username not in stale]
+                    clients, [m for m in members if m.status is None and m.username not in stale], judge
                 )
             plan = Plan.of(members, stale)
             if (note := plan.note()) is not None:
@@ -253,7 +262,9 @@ class ProvisioningService(ServiceLifecycle):
         Statuses: ``set`` (token and URL stored), ``partial`` (only one of them), ``not_set`` (nothing, or this
         sign-in may not read them: Graph answers both the same way), and the lookup statuses ``no_email``,
         ``not_found``, ``ambiguous``, ``not_in_defguard``, ``failed``. Stored tokens are carried as
-        :class:`Secret` (masked in reports). Nothing is minted or written.
+        :class:`Secret` (masked in reports). A complete stored pair also gets its ``token_state``
+        (:mod:`.tokens`: the stored expiry and Defguard's activity log), the reason first in ``error``. Nothing is
+        minted or written.
 
         .. versionadded:: 0.1.0
         """
@@ -264,10 +275,60 @@ class ProvisioningService(ServiceLifecycle):
         with self._guard(name, group_source, write=False) as (_, stale):
             members = await roster.members(clients, run, enrolled=None)
             await stored.read_values(clients, run, members, stop)
+            judge = await sync_phases.token_judge(clients, run, members, lifetime=None, refresh_before=None)
         judge_status(members, enrolled, DefguardServer(run.version or "").major, stale)
+        sync_phases.judge_states(members, judge)
         return run.report(members, interrupted=stop is not None and stop.is_set())
 
     status = blocking(astatus)
+
+    async def async_(
+        self,
+        group_name: str | None = None,
+        *,
+        group_id: int | str | None = None,
+        group_source: GroupSource = "defguard",
+        lifetime: dt.timedelta | None = None,
+        enrolled: EnrolledPolicy = "auto",
+        refresh_before: dt.timedelta | None = None,
+        max_changes: int | str | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Report:
+        """Keep every member's attributes true: read everything, plan, apply, report each member and each outsider
+        once; a second run right after changes nothing. Per member ``mint`` a first token (as :meth:`aprovision`,
+        same ``enrolled`` rules), ``refresh`` a stored token ``expiring`` (within ``refresh_before``, default a
+        quarter of the token's lifetime), ``expired``, ``superseded`` or ``used``, ``clear`` what members with a
+        device, disabled ones and users outside the group hold, ``keep`` the rest (:mod:`.sync_plan`,
+        :mod:`.tokens`).
+        More destructive changes than ``max_changes`` (``N`` or ``"P%"`` of the group; default 10 %, at least 25)
+        hold the plan: nothing changes and :attr:`Report.held` says why.
+
+        Statuses: ``provisioned``, ``refreshed``, ``cleared``, ``existing``, ``not_set``, the skip statuses,
+        ``failed``, ``planned``; outcomes carry ``token_state`` and ``action``, the report ``plan``.
+
+        .. versionadded:: 0.2.0
+        """
+        clients = self._bind()
+        lifetime, window, limit = roster.checked_sync_arguments(
+            group_name,
+            group_source,
+            enrolled=enrolled,
+            lifetime=lifetime,
+            group_id=group_id,
+            refresh_before=refresh_before,
+            max_changes=max_changes,
+        )
+        progress = guarded_progress(progress)
+        name, checked_id = await self._named(clients, group_name, group_id, group_source)
+        with self._guard(name, group_source, write=not dry_run) as (journal, stale):
+            options = {"dry_run": dry_run, "max_changes": str(limit), "refresh_before": str(window) if window else None}
+            run = self._start("sync", name, group_source, checked_id, options=options)
+            todo = sync_phases.SyncRun(clients, run, enrolled, lifetime, window, limit, stale, journal)
+            return await todo.go(dry_run=dry_run, progress=progress, stop=stop, stall_after=self.stall_limit())
+
+    sync = blocking(async_)
 
     async def aclear(
         self,

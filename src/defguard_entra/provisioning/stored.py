@@ -8,10 +8,14 @@ from collections.abc import Sequence
 from .._chunks import chunked
 from ..config import BATCH_LIMIT
 from ..exceptions import ClientConfigError, EntraError
-from ..models import EnrollmentAttributes, Report, Status
+from ..models import EnrollmentAttributes, Report, Status, TokenState
 from ._ports import Clients
 from .plan import Member
 from .report import Progress, Run
+from .tokens import Judge
+
+#: The stored tokens ``--only-missing`` replaces: surely dead (an ``expiring`` one still works).
+_DEAD = frozenset({TokenState.EXPIRED, TokenState.SUPERSEDED, TokenState.USED})
 
 __all__ = ["clear_values", "read_configs", "read_values", "skip_existing", "skip_failed_in"]
 
@@ -42,9 +46,10 @@ async def read_values(clients: Clients, run: Run, members: Sequence[Member], sto
         )
 
 
-async def skip_existing(clients: Clients, todo: Sequence[Member]) -> None:
-    """``provision --only-missing``: members that hold a complete pair are ``existing``; a failed read is failed
-    (never mint blind)."""
+async def skip_existing(clients: Clients, todo: Sequence[Member], judge: Judge | None = None) -> None:
+    """``provision --only-missing``: members that hold a complete pair are ``existing``, unless ``judge`` (the
+    token judgement of :mod:`.tokens`) finds the stored token ``expired``, ``superseded`` or ``used``: those get
+    a new one. A failed read is failed (never mint blind)."""
     ids = [m.entra.id for m in todo if m.entra is not None]
     errors: dict[str, str] = {}
     stored = await clients.entra.read_attributes(clients.attribute_set, ids, errors=errors)
@@ -53,7 +58,12 @@ async def skip_existing(clients: Clients, todo: Sequence[Member]) -> None:
         if member.entra is not None and member.entra.id in errors:  # never mint blind: the read failed
             member.settle(Status.FAILED, f"could not read what is stored ({errors[member.entra.id]}): not minted")
         elif pair is not None and pair.complete:
-            member.settle(Status.EXISTING)
+            if judge is None:
+                member.settle(Status.EXISTING)
+                continue
+            member.state, why = judge(pair, member.username)
+            if member.state not in _DEAD:
+                member.settle(Status.EXISTING, why)
 
 
 async def clear_values(
