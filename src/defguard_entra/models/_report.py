@@ -111,6 +111,10 @@ class Report:
     notes: tuple[str, ...] = ()
     audit: Mapping[str, Any] = attrs.field(factory=dict)
     fatal_error: str | None = None
+    #: ``sync``: why the plan was held by ``max_changes`` (nothing changed); ``None``: it was not.
+    held: str | None = None
+    #: ``sync``: members per plan action (``mint``, ``refresh``, ``clear``, ``keep``, ``none``).
+    plan: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def summary(self) -> dict[str, int]:

@@ -177,6 +177,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         lifetime: dt.timedelta | None = None,
         enrolled: EnrolledPolicy = "auto",
         dry_run: bool = False,
@@ -193,16 +194,21 @@ class ProvisioningService(ServiceLifecycle):
         Defguard group's id (an ``int``, as ``GET /api/v1/group-info`` lists it), or with ``group_source="entra"``
         the Entra group's object id (a GUID). A name that is not found raises :class:`PreflightError` listing
         the closest existing names and how each differs (case, spaces, Unicode normalisation, letters).
+
+        Every command takes ``users``: only the members it names (each a Defguard username or an e-mail address,
+        case-insensitive) are worked on and reported; a name that is no member's raises :class:`PreflightError`
+        with the closest member names, before anything is minted or written.
         """
         clients = self._bind()
         lifetime = roster.checked_arguments(
             group_name, group_source, enrolled=enrolled, lifetime=lifetime, group_id=group_id
         )
+        names = roster.checked_users(users)
         progress = guarded_progress(progress)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         with self._guard(name, group_source, write=not dry_run) as (journal, stale):
             run = self._start("provision", name, group_source, checked_id)
-            members = await roster.members(clients, run, enrolled=enrolled, mints=True)
+            members = await roster.members(clients, run, enrolled=enrolled, mints=True, users=names)
             if only_missing and any(m.status is None for m in members):
                 await stored.skip_existing(
                     clients, [m for m in members if m.status is None and m.username not in stale]
@@ -242,6 +248,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         enrolled: EnrolledPolicy = "auto",
         stop: threading.Event | None = None,
     ) -> Report:
@@ -258,10 +265,11 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("status", name, group_source, checked_id)
         with self._guard(name, group_source, write=False) as (_, stale):
-            members = await roster.members(clients, run, enrolled=None)
+            members = await roster.members(clients, run, enrolled=None, users=names)
             await stored.read_values(clients, run, members, stop)
         judge_status(members, enrolled, DefguardServer(run.version or "").major, stale)
         return run.report(members, interrupted=stop is not None and stop.is_set())
@@ -274,6 +282,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         all_members: bool = False,
         dry_run: bool = False,
         progress: Progress | None = None,
@@ -292,11 +301,12 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("clear", name, group_source, checked_id, options={"all": all_members, "dry_run": dry_run})
         progress = guarded_progress(progress)
         with self._guard(name, group_source, write=not dry_run) as (journal, stale):
-            members = await roster.members(clients, run, enrolled=None)
+            members = await roster.members(clients, run, enrolled=None, users=names)
             await stored.read_values(clients, run, members, stop)
             todo = judge_clear(members, all_members=all_members, stale=stale)
             if dry_run:
@@ -343,6 +353,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
     ) -> Report:
@@ -359,9 +370,10 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("export", name, group_source, checked_id)
-        members = await roster.members(clients, run, enrolled=enrolled)
+        members = await roster.members(clients, run, enrolled=enrolled, users=names)
         if after is not None:
             stored.skip_failed_in(members, after)
         await stored.read_configs(clients, run, members)
