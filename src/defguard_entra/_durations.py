@@ -25,6 +25,7 @@ __all__ = [
     "MAX_TOKEN_LIFETIME",
     "MIN_USEFUL_LIFETIME",
     "format_for_defguard",
+    "parse_duration",
     "parse_lifetime",
     "short_lifetime_warning",
 ]
@@ -136,3 +137,12 @@ def short_lifetime_warning(lifetime: dt.timedelta) -> str | None:
 def format_for_defguard(lifetime: dt.timedelta) -> str:
     """The form sent as ``token_expiration_time``: whole seconds with a unit, which every version parses."""
     return f"{int(lifetime.total_seconds())}s"
+
+
+def parse_duration(text: str, what: str) -> dt.timedelta:
+    """A duration that is not a token lifetime (``--refresh-before``, ``--watch``): the grammar and bounds of
+    :func:`parse_lifetime` (1 s to :data:`MAX_TOKEN_LIFETIME`), its messages naming ``what``."""
+    try:
+        return parse_lifetime(text)
+    except ConfigurationError as exc:
+        raise ConfigurationError(str(exc).replace("token lifetime", what)) from None

@@ -15,7 +15,7 @@ from .models import GroupSource
 
 __all__ = ["COMMAND_SCOPES", "GROUP_SCOPES", "OPTIONAL_SCOPES", "Command", "scopes_for"]
 
-Command = Literal["provision", "status", "clear", "check", "export", "fetch-config"]
+Command = Literal["provision", "sync", "status", "clear", "check", "export", "fetch-config"]
 
 _READ_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.Read.All")
 _WRITE_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.ReadWrite.All")
@@ -25,12 +25,15 @@ _WRITE_ATTRIBUTES = ("User.Read.All", "CustomSecAttributeAssignment.ReadWrite.Al
 #: gets the check.
 OPTIONAL_SCOPES = ("CustomSecAttributeDefinition.Read.All",)
 
-#: Per command: ``provision`` finds users, checks the attribute set, writes and reads the pair; ``clear`` writes
-#: nulls; ``check`` asks for what ``provision`` will need so that it tests the same sign-in; ``status`` and
-#: ``export`` only read; ``fetch-config`` reads the signed-in user's own pair.
+#: Per command: ``provision`` finds users, checks the attribute set, writes and reads the pair; ``sync`` does what
+#: ``provision`` does and also finds the users outside the group who hold the attributes (a filter on their value,
+#: which reading the assignments covers) and writes nulls; ``clear`` writes nulls; ``check`` asks for what
+#: ``provision`` will need so that it tests the same sign-in; ``status`` and ``export`` only read; ``fetch-config``
+#: reads the signed-in user's own pair.
 COMMAND_SCOPES: Mapping[Command, tuple[str, ...]] = MappingProxyType(
     {
         "provision": _WRITE_ATTRIBUTES,
+        "sync": _WRITE_ATTRIBUTES,
         "clear": _WRITE_ATTRIBUTES,
         "check": _WRITE_ATTRIBUTES,
         "status": _READ_ATTRIBUTES,

@@ -137,6 +137,7 @@ _EVERY_COMMAND = [
     ["clear", "--group-name", "G", "--all", "--graph-write-rate", "5"],
     ["check", "--group-name", "G", "--probe-write", "--timeout", "9"],
     ["sign-out", "-q"],
+    ["sync", "--group-name", "G", "--max-changes", "5%", "--watch", "1h", "--user", "a", "--log-format", "json"],
 ]
 
 

@@ -31,11 +31,10 @@ import pytest
 from defguard_entra._scopes import GROUP_SCOPES, OPTIONAL_SCOPES, Command, scopes_for
 from defguard_entra.testing import DefguardEmulator, GraphEmulator, IdentityEmulator, make_certificate
 
-#: The command every recipe runs. It becomes ``"sync"`` when the ``sync`` command lands (the lead flips it at the
-#: merge, with :data:`UNATTENDED`).
-COMMAND: Command = "provision"
-#: The flags every unattended recipe passes besides ``--auth``; ``("--log-format", "json")`` joins them with ``sync``.
-UNATTENDED: tuple[str, ...] = ("--no-progress",)
+#: The command every recipe runs.
+COMMAND: Command = "sync"
+#: The flags every unattended recipe passes besides ``--auth``.
+UNATTENDED: tuple[str, ...] = ("--no-progress", "--log-format", "json")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "scheduling.md"
 GROUP = "DgProvisioning"
@@ -373,9 +372,11 @@ def test_a_token_for_another_subject_is_refused_before_anything_is_minted(
     result = _run(env, extra, recipe.auth)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # --log-format json: every line an event
+    errors = [e["message"] for e in events if e["event"] == "log" and e["level"] == "error"]
     assert len(errors) == 1, result.stderr
     assert "AADSTS70021" in errors[0]
+    assert [e["exit_code"] for e in events if e["event"] == "run"] == [3]
     assert world.defguard.issued_count == 0
     assert not _bearers(world)
     for secret in world.secrets:

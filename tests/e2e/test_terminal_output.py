@@ -334,7 +334,7 @@ def test_the_usage_line_shows_group_name_as_required(command: str) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_no_progress_is_offered_only_where_there_is_progress(command: str) -> None:
     offered = "--no-progress" in _help(command)
-    assert offered == (command in {"provision", "clear", "export", "demo"})
+    assert offered == (command in {"provision", "sync", "clear", "export", "demo"})
 
 
 def test_no_progress_is_still_accepted_where_it_is_not_offered(org2: Org) -> None:

@@ -89,6 +89,8 @@ def sync_service(settings: Settings) -> Report:
         assert_type(service.clear("VPN Users", all_members=True), Report)
         assert_type(service.check("VPN Users"), Checklist)
         assert_type(service.status(group_id=3), Report)
+        assert_type(service.clear("VPN Users", users=["alice", "bob@example.com"]), Report)
+        assert_type(service.export("VPN Users", users=("alice",)), Report)
         assert_type(service.check(group_id="5f1c0000-0000-4000-8000-000000000000", group_source="entra"), Checklist)
         service.status(group_id=3.0)  # type: ignore[arg-type]
         assert_type(service.export("VPN Users", after=report), Report)

@@ -18,7 +18,7 @@ from defguard_entra._desktop_client import WriteOutcome, default_provisioning_pa
 from defguard_entra._export import ExportManifest
 from defguard_entra._files import mode_bits_private, open_to_others, outside_user_profile, write_private_file
 from defguard_entra._redact import RedactingFilter
-from defguard_entra.cli import _console
+from defguard_entra.cli import _signals
 from defguard_entra.cli._console import (
     Console,
     install_signal_handlers,
@@ -58,19 +58,19 @@ def test_signals_chosen_per_platform(platform: str, stop: tuple[str, ...], inter
 
 
 def test_only_signals_this_interpreter_has_are_installed() -> None:
-    assert _console._STOP_SIGNALS == (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # this machine is Linux
+    assert _signals._STOP_SIGNALS == (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # this machine is Linux
     assert not hasattr(signal, "SIGBREAK")
-    assert _console._signals(stop_signal_names("win32")) == (signal.SIGINT,)  # SIGBREAK looked up, not assumed
+    assert _signals._signals(stop_signal_names("win32")) == (signal.SIGINT,)  # SIGBREAK looked up, not assumed
 
 
 def test_stop_handlers_are_installed_on_every_stop_signal_and_restored() -> None:
     assert threading.current_thread() is threading.main_thread()
-    before = {sig: signal.getsignal(sig) for sig in _console._STOP_SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in _signals._STOP_SIGNALS}
     stop = threading.Event()
     err = io.StringIO()
     restore = install_signal_handlers(stop, Console(io.StringIO(), err, RedactingFilter(), quiet=False))
     try:
-        handlers = {sig: signal.getsignal(sig) for sig in _console._STOP_SIGNALS}
+        handlers = {sig: signal.getsignal(sig) for sig in _signals._STOP_SIGNALS}
         assert all(handlers[sig] is not before[sig] for sig in handlers)
         assert len(set(map(id, handlers.values()))) == 1  # one handler counts them all
         handler = handlers[signal.SIGHUP]
@@ -80,7 +80,7 @@ def test_stop_handlers_are_installed_on_every_stop_signal_and_restored() -> None
         assert "stopping: finishing the writes in flight" in err.getvalue()
     finally:
         restore()
-    assert {sig: signal.getsignal(sig) for sig in _console._STOP_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in _signals._STOP_SIGNALS} == before
 
 
 def test_interrupt_handler_turns_sigterm_into_ctrl_c_and_leaves_sighup_alone() -> None:

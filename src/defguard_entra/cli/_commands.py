@@ -38,15 +38,16 @@ from ._options import (
     ProvisionOptions,
     SignOutOptions,
     StatusOptions,
+    SyncOptions,
 )
 from ._present import ExportRun, FetchRun, ReportRun, Result, SignOutRun, present
 from ._render import check_report_path
-from ._settings import identity_dir, load_settings, state_dir
+from ._settings import identity_dir, load_settings, state_dir, sync_values
 
 if TYPE_CHECKING:
     from ..provisioning import ProvisioningService
 
-__all__ = ["Context", "audited_fatal", "run"]
+__all__ = ["Context", "Prepared", "SyncCycle", "audited_fatal", "engine_cycle", "run"]
 
 
 @attrs.define
@@ -66,6 +67,8 @@ def run(options: Options, ctx: Context) -> Result:
     """Run the command ``options`` are for (every command but ``demo``, which is :mod:`._demo`'s)."""
     if isinstance(options, ProvisionOptions):
         return provision(options, ctx)
+    if isinstance(options, SyncOptions):
+        return sync(options, ctx, cycle=engine_cycle)
     if isinstance(options, StatusOptions):
         return status(options, ctx)
     if isinstance(options, ClearOptions):
@@ -86,7 +89,9 @@ def run(options: Options, ctx: Context) -> Result:
 
 
 @attrs.frozen
-class _Prepared:
+class Prepared:
+    """A group command's checked settings and paths (what :func:`_prepare` returns)."""
+
     settings: Settings
     group_name: str | None
     report_path: Path | None
@@ -94,7 +99,7 @@ class _Prepared:
     group_id: str | None = None
 
 
-def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
+def _prepare(options: GroupOptions, ctx: Context) -> Prepared:
     """Settings and the output paths, validated before any request; secrets registered with the redactor."""
     settings = ctx.settings = load_settings(options, ctx.environ, ctx.stdin, ctx.console.warn, ctx.console.stderr)
     if options.group_id is not None and options.group_name is not None:
@@ -111,13 +116,11 @@ def _prepare(options: GroupOptions, ctx: Context) -> _Prepared:
         ctx.redactor.add(settings.defguard_token.value)
     if settings.graph.static_token is not None:
         ctx.redactor.add(settings.graph.static_token.value)
-    return _Prepared(settings, options.group_name, report_path, output_dir, options.group_id)
+    return Prepared(settings, options.group_name, report_path, output_dir, options.group_id)
 
 
 @contextlib.contextmanager
-def _session(
-    options: GroupOptions, ctx: Context, *, scopes: Command
-) -> Iterator[tuple[ProvisioningService, _Prepared]]:
+def _session(options: GroupOptions, ctx: Context, *, scopes: Command) -> Iterator[tuple[ProvisioningService, Prepared]]:
     """:func:`_prepare`, then the service, signed in to Graph with the scopes of the command ``scopes``."""
     prepared = _prepare(options, ctx)
     require_terminal_to_prompt(prepared.settings.graph, ctx)
@@ -163,13 +166,13 @@ def require_terminal_to_prompt(graph: GraphSettings, ctx: Context) -> None:
 
 
 def _progress(options: Options, ctx: Context, label: str) -> ProgressLine | None:
-    if options.console.no_progress or options.console.quiet:
+    if options.console.no_progress or options.console.quiet or options.console.json:
         return None
     return ProgressLine(ctx.console.stderr, label, ctx.stop)
 
 
 #: The flags ``audit["options"]`` leaves out: not options of the run (or, ``api_token``, a secret).
-_NOT_OPTIONS = frozenset({"command", "api_token", "verbose", "quiet", "no_progress", "debug"})
+_NOT_OPTIONS = frozenset({"command", "api_token", "verbose", "quiet", "no_progress", "debug", "log_format"})
 
 
 def _audited(report: Report, options: Options, settings: Settings, environ: Mapping[str, str]) -> Report:
@@ -213,7 +216,7 @@ def audited_fatal(report: Report, options: Options, ctx: Context) -> Report:
 
 
 def _provision(
-    service: ProvisioningService, options: ProvisionOptions | ExportOptions, prepared: _Prepared, ctx: Context
+    service: ProvisioningService, options: ProvisionOptions | ExportOptions, prepared: Prepared, ctx: Context
 ) -> Report:
     """``provision`` of the group: the command itself, and ``export --provision`` before it exports."""
     return service.provision(
@@ -224,6 +227,7 @@ def _provision(
         enrolled=options.enrolled,
         dry_run=isinstance(options, ProvisionOptions) and options.dry_run,
         only_missing=options.only_missing,
+        users=options.users,
         progress=_progress(options, ctx, "provisioning"),
         stop=ctx.stop,
     )
@@ -236,6 +240,36 @@ def provision(options: ProvisionOptions, ctx: Context) -> ReportRun:
     return ReportRun(report, prepared.report_path, reveal_tokens=options.reveal_tokens)
 
 
+#: One ``sync`` run of the group, given the signed-in service: what ``sync`` runs once, and ``--watch`` every interval.
+SyncCycle = Callable[["ProvisioningService", SyncOptions, Prepared, Context], Report]
+
+
+def engine_cycle(service: ProvisioningService, options: SyncOptions, prepared: Prepared, ctx: Context) -> Report:
+    """The cycle of ``sync``: ``ProvisioningService.sync`` with the command's options."""
+    values = sync_values(options)
+    return service.sync(
+        prepared.group_name,
+        group_id=prepared.group_id,
+        group_source=options.group_source,
+        lifetime=prepared.settings.token_lifetime,
+        enrolled=options.enrolled,
+        refresh_before=values.refresh_before,
+        max_changes=values.max_changes,
+        dry_run=options.dry_run,
+        users=options.users,
+        progress=_progress(options, ctx, "syncing"),
+        stop=ctx.stop,
+    )
+
+
+def sync(options: SyncOptions, ctx: Context, *, cycle: SyncCycle) -> ReportRun:
+    """One ``sync`` of the group through ``cycle`` (``--watch`` repeats this whole handler, :mod:`._watch`)."""
+    with _session(options, ctx, scopes="sync") as (service, prepared):
+        report = cycle(service, options, prepared, ctx)
+    report = _audited(report, options, prepared.settings, ctx.environ)
+    return ReportRun(report, prepared.report_path)
+
+
 def status(options: StatusOptions, ctx: Context) -> ReportRun:
     with _session(options, ctx, scopes="status") as (service, prepared):
         report = service.status(
@@ -243,6 +277,7 @@ def status(options: StatusOptions, ctx: Context) -> ReportRun:
             group_id=prepared.group_id,
             group_source=options.group_source,
             enrolled=options.enrolled,
+            users=options.users,
             stop=ctx.stop,
         )
     report = _audited(report, options, prepared.settings, ctx.environ)
@@ -257,6 +292,7 @@ def clear(options: ClearOptions, ctx: Context) -> ReportRun:
             group_source=options.group_source,
             all_members=options.all_members,
             dry_run=options.dry_run,
+            users=options.users,
             progress=_progress(options, ctx, "clearing"),
             stop=ctx.stop,
         )
@@ -291,6 +327,7 @@ def export(options: ExportOptions, ctx: Context, *, on_provisioned: Callable[[Re
             group_id=prepared.group_id,
             group_source=options.group_source,
             enrolled=options.enrolled,
+            users=options.users,
             after=provisioned,
         )
     manifest = write_export(report, prepared.output_dir, deep_links=options.deep_links)

@@ -1,23 +1,32 @@
 """Console output: stdout for results, stderr for progress, warnings and errors, all through the redaction filter;
-text degraded to what the stream's encoding can show; a closed pipe skipped; logging and signal handling."""
+text degraded to what the stream's encoding can show; a closed pipe skipped; logging (text or JSON lines). The signal
+handlers are :mod:`._signals`' (re-exported here)."""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime as dt
 import io
+import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from .._redact import RedactingFilter
 from ._render import fit
+from ._signals import (
+    install_signal_handlers,
+    interrupt_on_sigterm,
+    interrupt_signal_names,
+    interrupted_at_once,
+    stop_signal_names,
+)
 
 __all__ = [
     "Console",
@@ -27,6 +36,7 @@ __all__ = [
     "interrupt_on_sigterm",
     "interrupt_signal_names",
     "interrupted_at_once",
+    "json_line",
     "setup_logging",
     "stop_signal_names",
     "write",
@@ -102,22 +112,36 @@ def _mark_broken(stream: Any) -> None:
         _BROKEN.add(stream)
 
 
+#: Lines a signal handler could not write because it interrupted a write to the same stream (a buffered stream
+#: refuses a reentrant write): written right after the next line to that stream.
+_DEFERRED: list[tuple[Any, str]] = []
+
+
 def write(stream: TextIO, text: str, *, newline: bool = True) -> bool:
     """Write and flush; ``False`` (and nothing raised) when the stream is closed or its reader has gone away
-    (``| head``): losing output must not abort a run half-way or change its exit code."""
+    (``| head``): losing output must not abort a run half-way or change its exit code. A write from a signal
+    handler that interrupted a write to the same stream is deferred to the next write (never two lines mixed)."""
     if _is_broken(stream):
         return False
     with contextlib.suppress(TypeError):
         if stream in _OPEN_LINE and not text.startswith("\r"):
             _OPEN_LINE.discard(stream)
             text = "\n" + text
+    line = _encodable(text, stream) + ("\n" if newline else "")
     try:
-        stream.write(_encodable(text, stream) + ("\n" if newline else ""))
+        stream.write(line)
         stream.flush()
+    except RuntimeError:  # "reentrant call inside <_io.BufferedWriter>": a signal handler interrupted a write
+        _DEFERRED.append((stream, line))
+        return False
     except (OSError, ValueError):  # BrokenPipeError, EIO, "I/O operation on closed file"
         _mark_broken(stream)
         _silence(stream)
         return False
+    while deferred := [item for item in _DEFERRED if item[0] is stream]:
+        for item in deferred:
+            _DEFERRED.remove(item)
+            write(stream, item[1], newline=False)
     return True
 
 
@@ -135,10 +159,20 @@ def _silence(stream: TextIO) -> None:
             os.close(devnull)
 
 
+def json_line(event: Mapping[str, Any], redactor: RedactingFilter) -> str:
+    """One ``--log-format json`` line: ``time`` (UTC, ISO 8601) first, then ``event``'s fields, redacted (a secret
+    is masked in the values before they are encoded, and in the encoded line too)."""
+    data = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    data.update({k: redactor.redact(v) if isinstance(v, str) else v for k, v in event.items()})
+    return redactor.redact(json.dumps(data, ensure_ascii=False, allow_nan=False, default=str))
+
+
 class Console:
     """stdout for results, stderr for progress, warnings and errors; everything through the redaction filter.
 
-    Text the stream's encoding cannot show is degraded (``…`` → ``...``), and a closed stream is skipped."""
+    Text the stream's encoding cannot show is degraded (``…`` → ``...``), and a closed stream is skipped. With
+    ``json_lines`` (``--log-format json``) every stderr line is one JSON object (:meth:`event`): messages become
+    ``{"event": "log", "level": …, "message": …}``."""
 
     def __init__(
         self,
@@ -149,8 +183,11 @@ class Console:
         quiet: bool,
         width: int | None = None,
         color: bool = False,
+        json_lines: bool = False,
     ) -> None:
         self.stdout, self.stderr, self.redactor, self.quiet = stdout, stderr, redactor, quiet
+        #: ``--log-format json``: stderr carries only JSON objects, one per line.
+        self.json = json_lines
         #: The terminal's width (``COLUMNS``, else the terminal's size); ``None``: lines are not fitted.
         self.width = width
         #: Whether tables may use colour: stdout is a terminal, ``NO_COLOR`` is unset, ``TERM`` is not ``dumb``.
@@ -159,19 +196,33 @@ class Console:
     def out(self, text: str) -> None:
         write(self.stdout, fit(self.redactor.redact(text), self.width))
 
+    def event(self, data: Mapping[str, Any]) -> None:
+        """One JSON object on stderr (``--log-format json``; member and run events are shown with ``-q`` too)."""
+        write(self.stderr, json_line(data, self.redactor))
+
+    def _message(self, level: str, prefix: str, text: str) -> None:
+        if self.json:
+            self.event({"event": "log", "level": level, "message": text})
+        else:
+            write(self.stderr, prefix + self.redactor.redact(text))
+
     def info(self, text: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.json:
+            self._message("info", "", text)
+        else:
             write(self.stderr, fit(self.redactor.redact(text), self.width))
 
     def notice(self, text: str) -> None:
         """What the user must see to go on, ``-q`` or not (the device-code sign-in's instructions), on stderr."""
-        write(self.stderr, self.redactor.redact(text))
+        self._message("notice", "", text)
 
     def warn(self, text: str) -> None:
-        write(self.stderr, "warning: " + self.redactor.redact(text))
+        self._message("warning", "warning: ", text)
 
     def error(self, text: str) -> None:
-        write(self.stderr, "error: " + self.redactor.redact(text))
+        self._message("error", "error: ", text)
 
 
 class ProgressLine:
@@ -234,9 +285,30 @@ def _without_sign_in_sdks(record: logging.LogRecord) -> bool:
     return not any(record.name == name or record.name.startswith((f"{name}.", f"{name}_")) for name in _SIGN_IN_SDKS)
 
 
-def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool) -> logging.Handler:
-    """A redacting stderr handler on the root logger at the level ``-v``/``-vv``/``-q`` ask for; the caller
-    removes it when the command ends."""
+class _JsonFormatter(logging.Formatter):
+    """``--log-format json``: a log record as one JSON line (the handler's filter has already redacted it)."""
+
+    def __init__(self, redactor: RedactingFilter) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": "log",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            event["traceback"] = record.exc_text
+        return json_line(event, self.redactor)
+
+
+def setup_logging(
+    verbose: int, stderr: TextIO, redactor: RedactingFilter, *, quiet: bool, json_lines: bool = False
+) -> logging.Handler:
+    """A redacting stderr handler on the root logger at the level ``-v``/``-vv``/``-q`` ask for (``json_lines``:
+    each record one JSON object); the caller removes it when the command ends."""
     level = logging.WARNING
     if quiet:
         level = logging.ERROR
@@ -245,7 +317,9 @@ def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, qu
     elif verbose == 1:
         level = logging.INFO
     handler = _StreamHandler(stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _JsonFormatter(redactor) if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
     if level > logging.DEBUG:
         handler.addFilter(_without_sign_in_sdks)
     handler.addFilter(redactor)
@@ -260,106 +334,3 @@ def setup_logging(verbose: int, stderr: TextIO, redactor: RedactingFilter, *, qu
         # only show at -vv (our own INFO lines at -v say what is being retried and why).
         logging.getLogger("stamina").setLevel(logging.ERROR)
     return handler
-
-
-# -- signals ---------------------------------------------------------------------------------------------------
-
-
-def stop_signal_names(platform: str) -> tuple[str, ...]:
-    """The signals that stop a run on ``platform`` (a :data:`sys.platform` value), by name.
-
-    Windows: Ctrl-C (``SIGINT``) and Ctrl-Break (``SIGBREAK``, which another program can also send to a console
-    process group: ``GenerateConsoleCtrlEvent``, ``os.kill(pid, CTRL_BREAK_EVENT)``). ``SIGTERM`` is left out
-    there: no other process can send it (``os.kill``, ``taskkill /F``, ``Stop-Process`` and closing the console
-    window end the process at once, like ``kill -9``, and the journal covers that), and Windows has no ``SIGHUP``.
-    Elsewhere: Ctrl-C, ``SIGTERM`` and ``SIGHUP`` (an SSH session dropping)."""
-    if platform.startswith("win"):
-        return ("SIGINT", "SIGBREAK")
-    return ("SIGINT", "SIGTERM", "SIGHUP")
-
-
-def _signals(names: tuple[str, ...]) -> tuple[signal.Signals, ...]:
-    """The signals of ``names`` this interpreter has (looked up by name: each exists only on some platforms)."""
-    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
-
-
-def interrupt_signal_names(platform: str) -> tuple[str, ...]:
-    """Besides Ctrl-C, what interrupts a command with nothing to finish on ``platform``: ``SIGTERM``; Ctrl-Break
-    (``SIGBREAK``) on Windows, where ``SIGTERM`` cannot be sent and Ctrl-Break would otherwise end the process
-    without a word."""
-    return ("SIGBREAK",) if platform.startswith("win") else ("SIGTERM",)
-
-
-def interrupt_on_sigterm() -> Callable[[], None]:
-    """SIGTERM (Ctrl-Break on Windows) behaves like Ctrl-C (KeyboardInterrupt → exit 130) for commands with nothing
-    to finish (:func:`interrupt_signal_names`)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, _handle) for sig in _signals(interrupt_signal_names(sys.platform))}
-
-    def _restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return _restore
-
-
-@contextlib.contextmanager
-def interrupted_at_once() -> Iterator[None]:
-    """Within the block, every stop signal (Ctrl-C, SIGTERM, SIGHUP; Ctrl-Break on Windows) interrupts at once
-    (``KeyboardInterrupt`` → exit 130): for a sign-in, which has nothing in flight to finish. The handlers before
-    it are restored after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, _handle) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-#: What stops a run gracefully on this platform (:func:`stop_signal_names`).
-_STOP_SIGNALS = _signals(stop_signal_names(sys.platform))
-#: The third signal aborts at once (the journal still holds what was in flight).
-_SIGNALS_TO_ABORT = 3
-
-
-def install_signal_handlers(stop: threading.Event, console: Console) -> Callable[[], None]:
-    """First stop signal (Ctrl-C, SIGTERM, SIGHUP; Ctrl-Break on Windows): stop starting new work and finish what
-    is in flight; the second: stop now."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    signals = 0
-
-    def _handle(signum: int, frame: object) -> None:  # noqa: ARG001
-        nonlocal signals
-        signals += 1
-        if signals >= _SIGNALS_TO_ABORT:
-            raise KeyboardInterrupt
-        if stop.is_set():
-            console.warn(
-                "still stopping: the writes in flight finish in seconds and the journal records any token they "
-                "leave unstored; once more aborts without a report"
-            )
-            return
-        stop.set()
-        console.warn("stopping: finishing the writes in flight, then writing the report")
-
-    previous = {sig: signal.signal(sig, _handle) for sig in _STOP_SIGNALS}
-
-    def _restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return _restore

@@ -17,6 +17,9 @@ __all__ = [
     "STATUS_DESCRIPTION",
     "STATUS_EPILOG",
     "STATUS_HELP",
+    "SYNC_DESCRIPTION",
+    "SYNC_EPILOG",
+    "SYNC_HELP",
     "statuses",
 ]
 
@@ -131,4 +134,23 @@ CHECK_EPILOG = (
     "attributes is judged from the Graph access token's claims when it is a JWT (roles, scp, wids); otherwise it "
     "is reported 'not verified' (Graph shows it only by writing). Each line is ok, FAIL (with its fix), warn (not "
     "verified, with a hint) or skip. Exit codes: 0 ready (warnings allowed), 2 usage error, 3 not ready."
+)
+
+SYNC_HELP = "keep every member's stored token true over time: mint, refresh, clear (idempotent, for schedulers)"
+SYNC_DESCRIPTION = (
+    "Read the group, Defguard's records and what Entra stores, plan, and apply the plan: a member without a device "
+    "and without a usable stored token gets one (as provision mints); a stored token that expires within "
+    "--refresh-before is replaced; a member who has enrolled a device, is disabled in Defguard or Entra, or left "
+    "the group (an outsider who still holds this instance's attributes) is cleared. Running it twice in a row "
+    "changes nothing the second time."
+)
+SYNC_EPILOG = (
+    "Example: python -m defguard_entra sync --group-name VPN --report sync.json, nightly; or "
+    "python -m defguard_entra sync --group-name VPN --watch 1h --log-format json in a container. "
+    "Each member gets an action: mint, refresh, clear, keep (its stored token is usable) or none; the summary "
+    "counts members per status and per action. A plan with more destructive changes (clears, and re-mints that "
+    "replace a stored token) than --max-changes changes nothing, prints what it would do and exits 4. "
+    "Exit codes: 0 every member's attributes are true, 1 a member needs attention, 2 usage error, 3 cannot run, "
+    "4 held by --max-changes, 130 interrupted; with --watch, a cycle that cannot run is logged and tried again at "
+    "the next interval."
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import itertools
 import logging
 import os
 import re
@@ -21,10 +22,21 @@ from ._argv import normalise_argv
 from ._commands import Context, audited_fatal, run
 from ._console import Console, Discard, install_signal_handlers, interrupt_on_sigterm, setup_logging, write
 from ._demo import demo
-from ._options import DemoOptions, GroupOptions, Options, options_from
-from ._parser import UsageError, build_parser
-from ._present import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, Result, exit_code, present
-from ._render import write_report
+from ._options import DemoOptions, GroupOptions, Options, SyncOptions, options_from
+from ._parser import COMMANDS, UsageError, build_parser
+from ._present import (
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ExportRun,
+    ReportRun,
+    Result,
+    exit_code,
+    present,
+)
+from ._render import run_event, write_report
+from ._watch import watch
 
 __all__ = ["as_flags", "main"]
 
@@ -54,7 +66,12 @@ def main(
         for secret in secrets_in_argv(argv, shaped=True):
             redactor.add(secret)
         message = str(exc) if "--help" in str(exc) else f"{exc} (see --help)"
-        write(stderr, "error: " + redactor.redact(message))
+        if _asks_for_json(argv):
+            console = Console(stdout, stderr, redactor, quiet=False, json_lines=True)
+            console.error(message)
+            console.event(run_event(_command_word(argv), EXIT_USAGE, 0.0, error=message))
+        else:
+            write(stderr, "error: " + redactor.redact(message))
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version print and "exit"
         return int(exc.code or 0)
@@ -69,36 +86,93 @@ def main(
         quiet=options.console.quiet,
         width=terminal_width(environ, stdout),
         color=colors_allowed(environ, stdout),
+        json_lines=options.console.json,
     )
     ctx = Context(environ, stdin or sys.stdin, console, redactor, threading.Event())
-    handler = setup_logging(options.console.verbose, stderr, redactor, quiet=options.console.quiet)
-    started = _now()
+    handler = setup_logging(
+        options.console.verbose, stderr, redactor, quiet=options.console.quiet, json_lines=options.console.json
+    )
+    watching = isinstance(options, SyncOptions) and options.watch is not None
+    finish = threading.Event()
     # Commands that check the stop event get a graceful first Ctrl-C; the others stop at once (exit 130).
-    restore = install_signal_handlers(ctx.stop, console) if options.graceful else interrupt_on_sigterm()
+    if options.graceful:
+        restore = install_signal_handlers(ctx.stop, console, finish=finish if watching else None)
+    else:
+        restore = interrupt_on_sigterm()
+    try:
+        if isinstance(options, SyncOptions) and watching:
+            return watch(lambda cycle: _run_once(options, ctx, argv, cycle), options, finish, ctx)
+        return _run_once(options, ctx, argv)
+    finally:
+        restore()
+        logging.getLogger().removeHandler(handler)
+
+
+def _asks_for_json(argv: Sequence[str]) -> bool:
+    """Whether a command line argparse refused asked for ``--log-format json`` (its error is then JSON too)."""
+    words = list(argv)
+    return "--log-format=json" in words or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(words)
+    )
+
+
+def _command_word(argv: Sequence[str]) -> str:
+    return next((word for word in argv if word in COMMANDS), "provision")
+
+
+def _run_once(options: Options, ctx: Context, argv: Sequence[str], cycle: int | None = None) -> int:
+    """Run the command once: its result presented, every exception mapped to its exit code; with ``--log-format
+    json``, the run's event last."""
+    started = _now()
+    code, result, error = _attempt(options, ctx, argv, started)
+    if ctx.console.json:
+        report = result.report if isinstance(result, ReportRun) else None
+        group = options.group_name if isinstance(options, GroupOptions) else None
+        statuses = result.manifest.summary if isinstance(result, ExportRun) and result.manifest else None
+        seconds = (_now() - started).total_seconds()
+        ctx.console.event(
+            run_event(
+                options.command,
+                code,
+                seconds,
+                report=report,
+                group=group,
+                group_source=options.group_source if isinstance(options, GroupOptions) else None,
+                statuses=statuses,
+                error=error,
+                cycle=cycle,
+            )
+        )
+    return code
+
+
+def _attempt(
+    options: Options, ctx: Context, argv: Sequence[str], started: dt.datetime
+) -> tuple[int, Result | None, str | None]:
+    """The exit code, the result (``None`` when an exception ended the run) and the error's one line."""
+    console = ctx.console
     try:
         result: Result = demo(options, ctx) if isinstance(options, DemoOptions) else run(options, ctx)
         present(result, console)
-        return exit_code(result)
+        return exit_code(result), result, None
     except ConfigurationError as exc:  # a usage error too: a token pasted into the wrong option is not echoed
         for secret in secrets_in_argv(argv, shaped=True):
-            redactor.add(secret)
-        console.error(as_flags(str(exc)))
-        return EXIT_USAGE
+            ctx.redactor.add(secret)
+        message = as_flags(str(exc))
+        console.error(message)
+        return EXIT_USAGE, None, message
     except (PreflightError, DefguardError, EntraError) as exc:
         console.error(str(exc))
         if options.console.debug:
             log.exception("details")
         _write_fatal_report(options, exc, started, ctx)
-        return EXIT_FATAL
+        return EXIT_FATAL, None, str(exc)
     except DefguardEntraError as exc:
         console.error(str(exc))
-        return EXIT_FAILED
+        return EXIT_FAILED, None, str(exc)
     except KeyboardInterrupt:
         console.error("interrupted")
-        return EXIT_INTERRUPTED
-    finally:
-        restore()
-        logging.getLogger().removeHandler(handler)
+        return EXIT_INTERRUPTED, None, "interrupted"
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -168,8 +242,11 @@ _FLAG_OF = {
     "group_source": "--group-source",
     "enrolled": "--enrolled",
     "lifetime": "--enrollment-token-expiration-time",
+    "users": "--user",
+    "refresh_before": "--refresh-before",
+    "max_changes": "--max-changes",
 }
-_PARAMETER = re.compile(r"\b(" + "|".join(_FLAG_OF) + r")\b(?= (?:is|must|=))")
+_PARAMETER = re.compile(r"\b(" + "|".join(_FLAG_OF) + r")\b(?= (?:is|must|holds|=))")
 
 
 def as_flags(message: str) -> str:

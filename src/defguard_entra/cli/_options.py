@@ -7,6 +7,7 @@ Field names are the argparse destinations, so :meth:`Options.flags` lists the op
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -30,6 +31,7 @@ __all__ = [
     "ProvisionOptions",
     "SignOutOptions",
     "StatusOptions",
+    "SyncOptions",
     "options_from",
 ]
 
@@ -43,6 +45,12 @@ class ConsoleFlags:
     quiet: bool = False
     no_progress: bool = False
     debug: bool = False
+    #: ``--log-format``: ``text`` or ``json`` (one JSON object per line on stderr).
+    log_format: str = "text"
+
+    @property
+    def json(self) -> bool:
+        return self.log_format == "json"
 
 
 @attrs.frozen
@@ -161,6 +169,8 @@ class GroupOptions(Options):
     group_name: str | None = None
     group_id: str | None = None
     group_source: GroupSource = "defguard"
+    #: ``--user`` (repeatable): only these members; ``None``: every member.
+    users: Sequence[str] | None = None
 
     def __init_subclass__(cls, *, verb: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -183,6 +193,18 @@ class ProvisionOptions(GroupOptions, command="provision", verb="provision", stop
     def check(self) -> None:
         if self.dry_run and self.reveal_tokens:
             raise ConfigurationError("--reveal-tokens has nothing to reveal in a --dry-run")
+
+
+@attrs.frozen(kw_only=True)
+class SyncOptions(GroupOptions, command="sync", verb="sync", stops_gracefully=True):
+    """``sync``: plan and apply what keeps every member's attributes true (``--watch``: every interval)."""
+
+    enrolled: EnrolledPolicy = "auto"
+    dry_run: bool = False
+    #: ``--refresh-before``, ``--max-changes`` and ``--watch`` as given; :mod:`._settings` parses them.
+    refresh_before: str | None = None
+    max_changes: str | None = None
+    watch: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -258,6 +280,7 @@ _BY_COMMAND: dict[str, type[Options]] = {
     cls.command: cls
     for cls in (
         ProvisionOptions,
+        SyncOptions,
         DemoOptions,
         FetchConfigOptions,
         ExportOptions,

@@ -25,14 +25,19 @@ from ._help import (
     STATUS_DESCRIPTION,
     STATUS_EPILOG,
     STATUS_HELP,
+    SYNC_DESCRIPTION,
+    SYNC_EPILOG,
+    SYNC_HELP,
     statuses,
 )
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "subparsers"]
 
-COMMANDS = ("provision", "demo", "fetch-config", "export", "status", "clear", "check", "sign-out")
+COMMANDS = ("provision", "demo", "fetch-config", "export", "status", "clear", "check", "sign-out", "sync")
 #: ``--token-cache``: see ``docs/cli.md``, "What is remembered where".
 TOKEN_CACHE_CHOICES = ("auto", "unencrypted", "memory")
+#: ``--log-format``: text (default) or one JSON object per line on stderr.
+LOG_FORMATS = ("text", "json")
 
 
 class UsageError(Exception):
@@ -84,6 +89,13 @@ def _add_common(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
         "--no-progress", action="store_true", help="no progress line on stderr" if progress else argparse.SUPPRESS
     )
     out.add_argument("--debug", action="store_true", help="show tracebacks (secrets are still redacted)")
+    out.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="stderr as text (default) or json: one JSON object per line, an event per member and one per run "
+        "(counts, duration, exit code), and every warning, error and log line as an event; no progress line",
+    )
 
 
 def _add_graph(p: argparse.ArgumentParser) -> None:
@@ -158,12 +170,13 @@ def _add_defguard(p: argparse.ArgumentParser) -> None:
     d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per-request timeout (default 30)")
 
 
-def _group_command(sub: Any, name: str, verb: str, **texts: str) -> argparse.ArgumentParser:
-    """A command that works on a group's members: its parser with the Defguard, Graph and group options."""
+def _group_command(sub: Any, name: str, verb: str, *, users: bool = True, **texts: str) -> argparse.ArgumentParser:
+    """A command that works on a group's members: its parser with the Defguard, Graph and group options (and
+    ``--user``, unless the command looks at the group as a whole)."""
     command: argparse.ArgumentParser = sub.add_parser(name, allow_abbrev=False, **texts)
     _add_defguard(command)
     _add_graph(command)
-    _add_group_options(command, verb)
+    _add_group_options(command, verb, users=users)
     return command
 
 
@@ -187,7 +200,11 @@ def _add_tail(
 def _add_lifetime(group: Any, help_text: str) -> None:
     """``--enrollment-token-expiration-time`` (``-EnrollmentTokenExpirationTime``, as the PowerShell script)."""
     group.add_argument(
-        "--enrollment-token-expiration-time", "-EnrollmentTokenExpirationTime", metavar="DURATION", help=help_text
+        "--enrollment-token-expiration-time",
+        "--lifetime",
+        "-EnrollmentTokenExpirationTime",
+        metavar="DURATION",
+        help=help_text,
     )
 
 
@@ -217,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         "in Defguard and store them as custom security attributes in Entra.",
         epilog="With no command, 'provision' is implied, so the PowerShell example works as written: "
         "python -m defguard_entra -Url https://defguard.example.com -ApiToken dg-… -GroupName DgProvisioning. "
-        "Exit codes: 0 ok, 1 some members need attention, 2 usage error, 3 cannot run, 130 interrupted.",
+        "Exit codes: 0 ok, 1 some members need attention, 2 usage error, 3 cannot run, 4 a sync plan held by "
+        "--max-changes, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reveal-tokens", action="store_true", help="put full tokens in the report (owner-only file)"
     )
     _add_common(prov, progress=True)
+    _add_sync_command(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -260,6 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_config_commands(sub)
     _add_operations_commands(sub)
     return parser
+
+
+def _add_sync_command(sub: Any) -> None:
+    sync = _group_command(sub, "sync", "sync", help=SYNC_HELP, description=SYNC_DESCRIPTION, epilog=SYNC_EPILOG)
+    what = sync.add_argument_group("what to keep true")
+    _add_lifetime(what, "lifetime of the tokens minted, e.g. 24h, 1d, 2w (default: the server's, usually 24h)")
+    _add_enrolled(what, "mint")
+    what.add_argument(
+        "--refresh-before",
+        metavar="DURATION",
+        help="replace a stored token that expires within this long, e.g. 6h (default: a quarter of the lifetime)",
+    )
+    what.add_argument(
+        "--max-changes",
+        metavar="N|P%",
+        help="the most destructive changes (clears, and re-mints that replace a stored token) a run may make, as "
+        "a number of members or a percentage of the group; a plan beyond it changes nothing and exits 4 (default: "
+        "10%% of the group or 25 members, whichever is larger)",
+    )
+    what.add_argument("--dry-run", action="store_true", help="read everything, change nothing: print the plan")
+    what.add_argument(
+        "--watch",
+        metavar="INTERVAL",
+        help="run again every INTERVAL (e.g. 15m, 1h) until stopped; SIGTERM or Ctrl-C finishes the cycle in "
+        "flight, then exits (a second one stops the cycle too). Intervals below a minute are allowed (drills, "
+        "tests) but warned about",
+    )
+    _add_tail(sync, writes=True, mints=True, report=True, progress=True)
 
 
 # -- fetch-config and export: the desktop client's provisioning.json -------------------------------------------
@@ -339,7 +386,7 @@ def _add_client_config_commands(sub: Any) -> None:
 # -- status, clear and check --------------------------------------------------------------------------------------
 
 
-def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
+def _add_group_options(p: argparse.ArgumentParser, verb: str, *, users: bool = True) -> None:
     g = p.add_argument_group("which group")
     g.add_argument("--group-name", "-GroupName", metavar="NAME", help=f"the group to {verb} (required, or --group-id)")
     g.add_argument(
@@ -354,6 +401,15 @@ def _add_group_options(p: argparse.ArgumentParser, verb: str) -> None:
         default="defguard",
         help="where the group lives: a Defguard group (default) or an Entra group by displayName",
     )
+    if users:
+        g.add_argument(
+            "--user",
+            dest="users",
+            action="append",
+            metavar="NAME",
+            help=f"{verb} only this member: a Defguard username or e-mail address (case-insensitive); repeat for "
+            "more. A name that is no member's is refused with the closest member names, before anything is sent",
+        )
 
 
 def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool = False) -> None:
@@ -414,7 +470,9 @@ def _add_operations_commands(sub: Any) -> None:
     what.add_argument("--dry-run", action="store_true", help="read everything, write nothing: who would be cleared")
     _add_tail(clear, writes=True, report=True, progress=True)
 
-    check = _group_command(sub, "check", "check", help=CHECK_HELP, description=CHECK_DESCRIPTION, epilog=CHECK_EPILOG)
+    check = _group_command(
+        sub, "check", "check", users=False, help=CHECK_HELP, description=CHECK_DESCRIPTION, epilog=CHECK_EPILOG
+    )
     check.add_argument_group("write permission").add_argument(
         "--probe-write",
         action="store_true",

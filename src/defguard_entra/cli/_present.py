@@ -24,6 +24,7 @@ from ._render import (
     format_export_summary,
     format_status_table,
     format_summary,
+    member_event,
     shown_name,
     write_report,
 )
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_FAILED",
     "EXIT_FATAL",
+    "EXIT_HELD",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -50,7 +52,7 @@ __all__ = [
     "present",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_HELD, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 @attrs.frozen
@@ -106,7 +108,8 @@ Result = ReportRun | Checklist | FetchRun | ExportRun | DemoRun | SignOutRun
 
 
 def exit_code(result: Result) -> int:
-    """0 ok, 1 some members need attention, 3 cannot run (or not ready), 130 interrupted."""
+    """0 ok, 1 some members need attention, 3 cannot run (or not ready), 4 a ``sync`` plan held by
+    ``--max-changes``, 130 interrupted."""
     if isinstance(result, ReportRun):
         return _report_code(result.report)
     if isinstance(result, Checklist):
@@ -129,6 +132,8 @@ def _report_code(report: Report) -> int:
         return EXIT_INTERRUPTED
     if report.fatal_error:
         return EXIT_FATAL
+    if report.held:
+        return EXIT_HELD
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -165,6 +170,9 @@ def _present_sign_out(run: SignOutRun, console: Console) -> None:
 def _present_report(run: ReportRun, console: Console) -> None:
     report = run.report
     width, color = console.width, console.color
+    if console.json:
+        for outcome in report.outcomes:
+            console.event(member_event(report, outcome))
     if run.table and report.outcomes and not console.quiet:
         console.out(format_status_table(report, width=width, color=color))
     path = _write_report_somewhere(report, run.path, console, reveal=run.reveal_tokens) if run.path else None
@@ -176,6 +184,8 @@ def _present_report(run: ReportRun, console: Console) -> None:
         console.info(f"report written to {path}")
     if report.fatal_error:
         console.error(report.fatal_error)
+    if report.held:
+        console.warn(f"held: {report.held}")
     if report.interrupted:
         _finish_line(report, console)
 
@@ -187,6 +197,8 @@ def _finish_line(report: Report, console: Console) -> None:
     if report.group_source != "defguard":
         words += ["--group-source", str(report.group_source)]
     options = report.audit.get("options", {})
+    for name in options.get("users") or ():
+        words += ["--user", name]
     if report.command == "provision":
         words.append("--only-missing")  # who got a token keeps it; the others get theirs
     elif report.command == "clear" and options.get("all"):
@@ -232,6 +244,20 @@ def _present_export(run: ExportRun, console: Console) -> None:
     if manifest is None:
         console.error("nothing exported: provision did not complete")
         return
+    if console.json:
+        for entry in manifest.entries:
+            console.event(
+                {
+                    "event": "member",
+                    "command": "export",
+                    "group": manifest.group_name,
+                    "username": entry.username,
+                    "email": entry.email,
+                    "user_principal_name": entry.user_principal_name,
+                    "status": entry.status,
+                    "reason": entry.error,
+                }
+            )
     if not console.quiet:
         console.out(format_export_summary(manifest, run.notes, width=console.width, color=console.color))
     if manifest.stale:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import csv_chunks, write_private_file
 from ..exceptions import ConfigurationError
-from ..models import OUTCOME_FIELDS, Checklist, CheckState, Report
+from ..models import OUTCOME_FIELDS, Checklist, CheckState, Outcome, Report
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,10 +29,13 @@ __all__ = [
     "format_export_summary",
     "format_status_table",
     "format_summary",
+    "member_event",
     "report_bytes",
     "report_chunks",
+    "run_event",
     "shown_name",
     "table",
+    "timespan",
     "write_report",
 ]
 
@@ -179,6 +182,13 @@ def write_report(report: Report, path: str | Path, *, reveal_tokens: bool = Fals
     return target
 
 
+def timespan(seconds: float) -> str:
+    """``1 minute and 30 seconds``: a duration in words."""
+    from humanfriendly import format_timespan  # noqa: PLC0415
+
+    return str(format_timespan(seconds))
+
+
 def format_summary(
     report: Report, *, width: int | None = None, color: bool = False, report_path: Path | None = None
 ) -> str:
@@ -193,6 +203,9 @@ def format_summary(
     if total:
         rows: list[list[Any]] = [[status, count] for status, count in report.summary.items()]
         lines.append(table(rows, ["status", "members"], width=width, color=color))
+    if report.plan:
+        actions: list[list[Any]] = [[action, count] for action, count in report.plan.items()]
+        lines.append(table(actions, ["action", "members"], width=width, color=color))
     problems = [o for o in report.outcomes if o.status.is_problem]
     if problems:
         shown = problems[:_PROBLEM_ROWS]
@@ -203,6 +216,64 @@ def format_summary(
             lines.append(f"… and {len(problems) - len(shown)} more: see {where}")
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+# -- --log-format json --------------------------------------------------------------------------------------------
+
+#: What a member event carries of :meth:`Outcome.to_dict` (never the token, not even masked), under its own name.
+_MEMBER_FIELDS = {
+    "username": "username",
+    "email": "email",
+    "entra_id": "entra_id",
+    "user_principal_name": "user_principal_name",
+    "status": "status",
+    "action": "action",
+    "token_state": "token_state",
+    "token_kind": "token_kind",
+    "token_expires_at": "token_expires_at",
+    "error": "reason",
+}
+
+
+def member_event(report: Report, outcome: Outcome) -> dict[str, Any]:
+    """``{"event": "member", …}``: one member's outcome for a log shipper (``--log-format json``)."""
+    shown = outcome.to_dict()
+    event: dict[str, Any] = {"event": "member", "command": report.command, "group": report.group_name}
+    event.update({name: shown.get(key) for key, name in _MEMBER_FIELDS.items()})
+    event["dry_run"] = report.dry_run
+    return event
+
+
+def run_event(
+    command: str,
+    exit_code: int,
+    seconds: float,
+    *,
+    report: Report | None = None,
+    group: str | None = None,
+    group_source: str | None = None,
+    statuses: dict[str, int] | None = None,
+    error: str | None = None,
+    cycle: int | None = None,
+) -> dict[str, Any]:
+    """``{"event": "run", …}``: how a run ended, its counts by status and by action, for alerting."""
+    event: dict[str, Any] = {"event": "run", "command": command}
+    if cycle is not None:
+        event["cycle"] = cycle
+    event.update(
+        group=report.group_name if report is not None else group,
+        group_source=report.group_source if report is not None else group_source,
+        exit_code=exit_code,
+        duration_seconds=round(seconds, 3),
+        dry_run=report.dry_run if report is not None else False,
+        interrupted=report.interrupted if report is not None else False,
+        held=report.held if report is not None else None,
+        members=len(report.outcomes) if report is not None else None,
+        statuses=report.summary if report is not None else (statuses or {}),
+        actions=dict(report.plan) if report is not None else {},
+        error=error if error is not None else report.fatal_error if report is not None else None,
+    )
+    return event
 
 
 # -- status and check --------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ The CLI is the only part of the package that reads the environment (``main`` pas
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import getpass
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .._durations import parse_lifetime, short_lifetime_warning
+from .._durations import parse_duration, parse_lifetime, short_lifetime_warning
 from .._sign_in_record import default_identity_dir
 from ..config import (
     Settings,
@@ -27,10 +29,10 @@ from ..config import (
 from ..exceptions import ConfigurationError
 from ..models import Secret
 from ..provisioning.journal import default_state_dir
-from ._options import DefguardFlags, GraphFlags, GroupOptions, Options, ProvisionOptions
+from ._options import DefguardFlags, GraphFlags, GroupOptions, Options, ProvisionOptions, SyncOptions
 from ._parser import TOKEN_CACHE_CHOICES
 
-__all__ = ["identity_dir", "load_settings", "state_dir"]
+__all__ = ["SyncValues", "identity_dir", "load_settings", "state_dir", "sync_values"]
 
 #: A token file larger than this is not a token file (a wrong path, /dev/zero, a log).
 _TOKEN_FILE_LIMIT = 64 * 1024
@@ -138,6 +140,65 @@ def _check_inputs(options: Options) -> None:
             raise ConfigurationError(f"--{flag.replace('_', '-')} contains a NUL byte: give a real path")
     if isinstance(options, GroupOptions) and options.group_name is not None:
         validate_group_name(options.group_name)
+    if isinstance(options, GroupOptions) and options.users is not None:
+        for name in options.users:
+            if not name.strip():
+                raise ConfigurationError("--user is empty: give a member's Defguard username or e-mail address")
+            if any(not char.isprintable() for char in name):
+                raise ConfigurationError(
+                    f"--user {name!r} holds a control character: give a member's Defguard username or e-mail address"
+                )
+    if isinstance(options, SyncOptions):
+        sync_values(options)
+
+
+@attrs.frozen
+class SyncValues:
+    """``sync``'s own values, parsed: ``--refresh-before``, ``--max-changes`` and ``--watch``."""
+
+    refresh_before: dt.timedelta | None = None
+    #: A number of members, or ``"P%"`` of the group; ``None``: the library's default.
+    max_changes: int | str | None = None
+    watch: dt.timedelta | None = None
+
+
+_MAX_CHANGES = re.compile(r"([0-9]+)\s*(%?)")
+_MAX_CHANGES_FIX = "give a positive number of members such as 25, or a percentage from 1% to 100% such as 10%"
+
+
+def _max_changes(text: str) -> int | str:
+    match = _MAX_CHANGES.fullmatch(text.strip())
+    if match is None:
+        raise ConfigurationError(
+            f"--max-changes {text!r} is not a number of members or a percentage: {_MAX_CHANGES_FIX}"
+        )
+    number, percent = int(match[1]), bool(match[2])
+    if percent and not 1 <= number <= 100:
+        raise ConfigurationError(f"--max-changes {text!r} is not a percentage from 1% to 100%: {_MAX_CHANGES_FIX}")
+    if number < 1:
+        raise ConfigurationError(f"--max-changes {text!r} allows no change at all: {_MAX_CHANGES_FIX}")
+    return f"{number}%" if percent else number
+
+
+def sync_values(options: SyncOptions) -> SyncValues:
+    """``sync``'s own values, checked (one line naming the option and the fix) before anything is read or sent."""
+    refresh = watch = None
+    if options.refresh_before is not None:
+        refresh = parse_duration(options.refresh_before, "--refresh-before")
+        lifetime = options.enrollment_token_expiration_time
+        try:
+            minted = parse_lifetime(lifetime) if lifetime is not None else None
+        except ConfigurationError:  # reported as --enrollment-token-expiration-time's own error
+            minted = None
+        if minted is not None and refresh >= minted:
+            raise ConfigurationError(
+                f"--refresh-before {options.refresh_before} is not shorter than the token lifetime {lifetime}: every "
+                "run would replace every token; give a shorter --refresh-before (default: a quarter of the lifetime)"
+            )
+    if options.watch is not None:
+        watch = parse_duration(options.watch, "--watch interval")
+    max_changes = _max_changes(options.max_changes) if options.max_changes is not None else None
+    return SyncValues(refresh, max_changes, watch)
 
 
 def _reject_conflicts(options: Options) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from collections.abc import Sequence
 
 import attrs
 
@@ -42,11 +43,13 @@ from .sync_plan import ChangeLimit
 __all__ = [
     "checked_arguments",
     "checked_sync_arguments",
+    "checked_users",
     "graph_principal",
     "group_name_of",
     "members",
     "preflight",
     "resolve_in_entra",
+    "restrict_to",
 ]
 
 #: Group members missing from the user list that are looked up one by one before they are reported.
@@ -142,12 +145,77 @@ def _checked_lifetime(lifetime: object) -> dt.timedelta | None:
     return lifetime
 
 
-async def members(clients: Clients, run: Run, *, enrolled: EnrolledPolicy | None, mints: bool = False) -> list[Member]:
+def checked_users(users: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``users=`` as every command checks it before anything is asked of a server: ``None`` (every member) or
+    a non-empty sequence of non-empty names (a bare string is refused: it would be read letter by letter)."""
+    if users is None:
+        return None
+    if isinstance(users, str):
+        msg = f"users must be a sequence of names, such as [{users!r}], not a string"
+        raise TypeError(msg)
+    names: tuple[object, ...] = tuple(users)  # a caller without type checking may pass anything
+    if not names:
+        raise ConfigurationError("users is empty: name at least one member, or pass None for every member")
+    for name in names:
+        if not isinstance(name, str):
+            msg = f"users must hold strings, not {type(name).__name__}"
+            raise TypeError(msg)
+        if not name.strip():
+            raise ConfigurationError("users holds an empty name: give a Defguard username or an e-mail address")
+    return tuple(dict.fromkeys(str(name).strip() for name in names))
+
+
+def _names_of(member: Member) -> list[str]:
+    """What ``users=`` may call a member: the Defguard username and e-mail, the Entra UPN and mail."""
+    names = [member.username, member.email]
+    if member.entra is not None:
+        names += [member.entra.user_principal_name, member.entra.mail]
+    return [name for name in names if name]
+
+
+def restrict_to(found: list[Member], users: tuple[str, ...], group_name: str) -> list[Member]:
+    """The members ``users`` names (a Defguard username or an e-mail address, compared case-insensitively), in
+    the group's order. A name that is no member's raises :class:`PreflightError` naming it and the closest member
+    names, before anything is minted or written (the group is read from the server: like a group name, the name
+    is judged against what the server holds now)."""
+    by_name: dict[str, list[Member]] = {}
+    for member in found:
+        for name in _names_of(member):
+            by_name.setdefault(name.casefold(), []).append(member)
+    unknown = [name for name in users if name.casefold() not in by_name]
+    if unknown:
+        known = [m.username for m in found if m.username] + [e for m in found if (e := m.email)]
+        hints = [
+            hint if len(unknown) == 1 else f"for {name!r}: {hint}"
+            for name in unknown
+            if (hint := did_you_mean(name, known)) is not None
+        ]
+        which = "is not a member" if len(unknown) == 1 else "are not members"
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise PreflightError(
+            f"{', '.join(repr(n) for n in unknown)} {which} of group {group_name!r}{hint}: check --user (a member's "
+            "Defguard username or e-mail address)"
+        )
+    wanted = {id(m) for name in users for m in by_name[name.casefold()]}
+    return [m for m in found if id(m) in wanted]
+
+
+async def members(
+    clients: Clients,
+    run: Run,
+    *,
+    enrolled: EnrolledPolicy | None,
+    mints: bool = False,
+    users: tuple[str, ...] | None = None,
+) -> list[Member]:
     """Preflight, the group's members and their Entra users, shared Entra users made ambiguous.
 
     With ``enrolled`` the members are classified as ``provision`` and ``export`` do (disabled and enrolled ones
     settled before Entra is asked); without, only those without an e-mail are (``status`` and ``clear`` look up
     disabled and enrolled members too). ``mints`` (``provision``) also settles members disabled in Entra.
+    ``users`` (checked by :func:`checked_users`) keeps only the members it names (:func:`restrict_to`), after
+    the whole group was resolved in Entra: a member who shares an Entra user with another member is ambiguous
+    whether or not the other one was named.
     """
     found = await preflight(clients, run, mints=mints)
     run.mark("preflight")
@@ -165,6 +233,9 @@ async def members(clients: Clients, run: Run, *, enrolled: EnrolledPolicy | None
             run.mark("resolve")
             log.info("resolved members in Entra (%.2fs)", run.seconds)
     detect_shared_entra_users(found)
+    if users is not None:
+        found = restrict_to(found, users, run.group_name)
+        run.audit["users"] = list(users)
     if not mints:
         run.mark("resolve")
     else:

@@ -185,6 +185,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         lifetime: dt.timedelta | None = None,
         enrolled: EnrolledPolicy = "auto",
         dry_run: bool = False,
@@ -201,16 +202,21 @@ class ProvisioningService(ServiceLifecycle):
         Defguard group's id (an ``int``, as ``GET /api/v1/group-info`` lists it), or with ``group_source="entra"``
         the Entra group's object id (a GUID). A name that is not found raises :class:`PreflightError` listing
         the closest existing names and how each differs (case, spaces, Unicode normalisation, letters).
+
+        Every command takes ``users``: only the members it names (each a Defguard username or an e-mail address,
+        case-insensitive) are worked on and reported; a name that is no member's raises :class:`PreflightError`
+        with the closest member names, before anything is minted or written.
         """
         clients = self._bind()
         lifetime = roster.checked_arguments(
             group_name, group_source, enrolled=enrolled, lifetime=lifetime, group_id=group_id
         )
+        names = roster.checked_users(users)
         progress = guarded_progress(progress)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         with self._guard(name, group_source, write=not dry_run) as (journal, stale):
             run = self._start("provision", name, group_source, checked_id)
-            members = await roster.members(clients, run, enrolled=enrolled, mints=True)
+            members = await roster.members(clients, run, enrolled=enrolled, mints=True, users=names)
             if only_missing and any(m.status is None for m in members):
                 judge = await sync_phases.token_judge(clients, run, None, lifetime=lifetime, refresh_before=None)
                 await stored.skip_existing(
@@ -252,6 +258,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         enrolled: EnrolledPolicy = "auto",
         stop: threading.Event | None = None,
     ) -> Report:
@@ -270,10 +277,11 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("status", name, group_source, checked_id)
         with self._guard(name, group_source, write=False) as (_, stale):
-            members = await roster.members(clients, run, enrolled=None)
+            members = await roster.members(clients, run, enrolled=None, users=names)
             await stored.read_values(clients, run, members, stop)
             judge = await sync_phases.token_judge(clients, run, members, lifetime=None, refresh_before=None)
         judge_status(members, enrolled, DefguardServer(run.version or "").major, stale)
@@ -288,6 +296,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         lifetime: dt.timedelta | None = None,
         enrolled: EnrolledPolicy = "auto",
         refresh_before: dt.timedelta | None = None,
@@ -303,7 +312,8 @@ class ProvisioningService(ServiceLifecycle):
         device, disabled ones and users outside the group hold, ``keep`` the rest (:mod:`.sync_plan`,
         :mod:`.tokens`).
         More destructive changes than ``max_changes`` (``N`` or ``"P%"`` of the group; default 10 %, at least 25)
-        hold the plan: nothing changes and :attr:`Report.held` says why.
+        hold the plan: nothing changes and :attr:`Report.held` says why. ``users``: only those members, as every
+        command takes it; users outside the group are then not looked for.
 
         Statuses: ``provisioned``, ``refreshed``, ``cleared``, ``existing``, ``not_set``, the skip statuses,
         ``failed``, ``planned``; outcomes carry ``token_state`` and ``action``, the report ``plan``.
@@ -320,12 +330,13 @@ class ProvisioningService(ServiceLifecycle):
             refresh_before=refresh_before,
             max_changes=max_changes,
         )
+        names = roster.checked_users(users)
         progress = guarded_progress(progress)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         with self._guard(name, group_source, write=not dry_run) as (journal, stale):
             options = {"dry_run": dry_run, "max_changes": str(limit), "refresh_before": str(window) if window else None}
             run = self._start("sync", name, group_source, checked_id, options=options)
-            todo = sync_phases.SyncRun(clients, run, enrolled, lifetime, window, limit, stale, journal)
+            todo = sync_phases.SyncRun(clients, run, enrolled, lifetime, window, limit, stale, journal, names)
             return await todo.go(dry_run=dry_run, progress=progress, stop=stop, stall_after=self.stall_limit())
 
     sync = blocking(async_)
@@ -336,6 +347,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         all_members: bool = False,
         dry_run: bool = False,
         progress: Progress | None = None,
@@ -354,11 +366,12 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("clear", name, group_source, checked_id, options={"all": all_members, "dry_run": dry_run})
         progress = guarded_progress(progress)
         with self._guard(name, group_source, write=not dry_run) as (journal, stale):
-            members = await roster.members(clients, run, enrolled=None)
+            members = await roster.members(clients, run, enrolled=None, users=names)
             await stored.read_values(clients, run, members, stop)
             todo = judge_clear(members, all_members=all_members, stale=stale)
             if dry_run:
@@ -405,6 +418,7 @@ class ProvisioningService(ServiceLifecycle):
         *,
         group_id: int | str | None = None,
         group_source: GroupSource = "defguard",
+        users: Sequence[str] | None = None,
         enrolled: EnrolledPolicy = "auto",
         after: Report | None = None,
     ) -> Report:
@@ -421,9 +435,10 @@ class ProvisioningService(ServiceLifecycle):
         """
         clients = self._bind()
         roster.checked_arguments(group_name, group_source, enrolled=enrolled, group_id=group_id)
+        names = roster.checked_users(users)
         name, checked_id = await self._named(clients, group_name, group_id, group_source)
         run = self._start("export", name, group_source, checked_id)
-        members = await roster.members(clients, run, enrolled=enrolled)
+        members = await roster.members(clients, run, enrolled=enrolled, users=names)
         if after is not None:
             stored.skip_failed_in(members, after)
         await stored.read_configs(clients, run, members)

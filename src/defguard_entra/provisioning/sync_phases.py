@@ -25,10 +25,13 @@ from .tokens import LOG_KINDS, TokenJudge, candidate_lifetimes, log_since
 __all__ = ["SyncRun", "apply", "find_outsiders", "judge_states", "sync_members", "token_judge"]
 
 
-async def sync_members(clients: Clients, run: Run, stop: threading.Event | None) -> list[Member]:
-    """Preflight (as a run that mints), the group's members resolved in Entra, and what each holds. Disabled and
-    enrolled members are resolved too: what they hold may have to be cleared."""
-    members = await roster.members(clients, run, enrolled=None, mints=True)
+async def sync_members(
+    clients: Clients, run: Run, stop: threading.Event | None, users: tuple[str, ...] | None = None
+) -> list[Member]:
+    """Preflight (as a run that mints), the group's members resolved in Entra (only those ``users`` names, when
+    given), and what each holds. Disabled and enrolled members are resolved too: what they hold may have to be
+    cleared."""
+    members = await roster.members(clients, run, enrolled=None, mints=True, users=users)
     for member in members:  # roster settles them for provision; sync judges them (clear what they hold)
         if member.status is Status.ENTRA_DISABLED:
             member.status, member.error = None, None
@@ -189,6 +192,9 @@ class SyncRun:
     limit: ChangeLimit
     stale: frozenset[str]
     journal: Journal | None
+    #: Only these members (``--user``); users outside the group are then not looked for: every other member
+    #: of the group would look like one.
+    users: tuple[str, ...] | None = None
 
     async def go(
         self, *, dry_run: bool, progress: Progress | None, stop: threading.Event | None, stall_after: float | None
@@ -196,9 +202,9 @@ class SyncRun:
         """Members and what they hold, the judgement, the outsiders, the plan; then apply it, unless it is a dry
         run or held (every planned member ``planned``); the report with every member and outsider once."""
         clients, run = self.clients, self.run
-        members = await sync_members(clients, run, stop)
+        members = await sync_members(clients, run, stop, self.users)
         judge = await token_judge(clients, run, members, lifetime=self.lifetime, refresh_before=self.refresh_before)
-        outsiders = await find_outsiders(clients, run, members)
+        outsiders = [] if self.users is not None else await find_outsiders(clients, run, members)
         line = DefguardServer(run.version or "").major
         plan = plan_sync(
             members, outsiders, enrolled=self.enrolled, line=line, judge=judge, stale=self.stale, limit=self.limit
