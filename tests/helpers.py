@@ -31,7 +31,8 @@ class Result:
     stderr: str
 
     def report(self, path: Any) -> dict[str, Any]:
-        return json.loads(open(path, encoding="utf-8").read())  # noqa: PTH123
+        with open(path, encoding="utf-8") as file:  # noqa: PTH123
+            return json.load(file)
 
 
 def run_cli(argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: str = "") -> Result:

@@ -109,9 +109,23 @@ def test_ours_is_the_row_within_the_tolerance_of_the_stored_expiry(offset: dt.ti
     assert state is (TokenState.SUPERSEDED if found else TokenState.UNKNOWN)
 
 
-def test_ours_is_the_latest_matching_row() -> None:
-    twin = _row(ActivityKind.TOKEN_ADDED, MINTED + dt.timedelta(minutes=1))  # both within the tolerance
-    assert _judge(EXPIRES, [OURS, twin])[0] is TokenState.USABLE
+def test_ours_is_the_nearest_matching_row_so_a_token_minted_a_minute_later_supersedes_it() -> None:
+    later = _row(ActivityKind.TOKEN_ADDED, MINTED + dt.timedelta(minutes=1))  # both within the tolerance
+    assert _judge(EXPIRES, [OURS, later])[0] is TokenState.SUPERSEDED
+    earlier = _row(ActivityKind.TOKEN_ADDED, MINTED - dt.timedelta(minutes=1))
+    assert _judge(EXPIRES, [earlier, OURS])[0] is TokenState.USABLE
+
+
+def test_a_row_under_the_tools_own_user_is_ours_before_a_nearer_one_by_another_admin() -> None:
+    """Another admin mints in the UI a second after the tool: the rows are seconds apart, both within the
+    tolerance; the tool's own row is the stored token's, so the other admin's supersedes it."""
+    ours = _row(ActivityKind.TOKEN_ADDED, MINTED - dt.timedelta(seconds=2), actor="dg-api")
+    other = _row(ActivityKind.TOKEN_ADDED, MINTED, actor="helpdesk")
+    log = ActivityLog((ours, other))
+    judge = TokenJudge(log, NOW, LIFETIMES, WINDOW, expiry_known=True, minter="dg-api")
+    assert judge(_pair(EXPIRES), "alice")[0] is TokenState.SUPERSEDED
+    blind = TokenJudge(log, NOW, LIFETIMES, WINDOW, expiry_known=True)  # without the minter: the nearest row
+    assert blind(_pair(EXPIRES), "alice")[0] is TokenState.USABLE
 
 
 def test_a_changed_lifetime_leaves_the_token_unknown() -> None:

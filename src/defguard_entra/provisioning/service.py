@@ -96,8 +96,10 @@ class ProvisioningService(ServiceLifecycle):
         prompt: Callable[[str], None] | None = None,
         delegated_scopes: Sequence[str] = COMMAND_SCOPES["provision"],
         state_dir: Path | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> Self:
-        """Wire real clients from :class:`Settings` (the only place that does). ``credential`` overrides sign-in."""
+        """Wire real clients from :class:`Settings` (the only place that does). ``credential`` overrides sign-in;
+        ``clock`` is the "now" of the service and of the Defguard client (tests share one with the emulators)."""
         from .._defguard import DefguardClient  # noqa: PLC0415 - heavy, only when used
         from .._entra import AsyncEntraClient  # noqa: PLC0415
 
@@ -111,6 +113,7 @@ class ProvisioningService(ServiceLifecycle):
             retry=settings.retry,
             pool_size=settings.concurrency,
             proxy=proxy_for(url, settings.proxies),
+            clock=clock,
         )
         entra = AsyncEntraClient.from_settings(settings, credential=credential, prompt=prompt, scopes=delegated_scopes)
         service = cls(
@@ -121,6 +124,7 @@ class ProvisioningService(ServiceLifecycle):
             owns_clients=True,
             state_dir=state_dir,
             stall_timeout=settings.stall_timeout,
+            clock=clock,
         )
         service._options.update(defguard_url=settings.defguard_url, graph_url=settings.graph.base_url)
         return service

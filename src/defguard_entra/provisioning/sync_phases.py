@@ -20,7 +20,7 @@ from .journal import Journal
 from .plan import Member
 from .report import Progress, Run, log
 from .sync_plan import ChangeLimit, SyncPlan, plan_sync
-from .tokens import LOG_KINDS, TokenJudge, candidate_lifetimes, log_since
+from .tokens import DEFAULT_LIFETIME, LOG_KINDS, TokenJudge, candidate_lifetimes, log_since
 
 __all__ = ["SyncRun", "apply", "find_outsiders", "judge_states", "sync_members", "token_judge"]
 
@@ -77,7 +77,10 @@ async def token_judge(
                 "or used cannot be known"
             )
         run.mark("log")
-    return TokenJudge(activity, now, lifetimes, refresh_before, expiry_known)
+    minter = run.audit.get("defguard_user")
+    return TokenJudge(
+        activity, now, lifetimes, refresh_before, expiry_known, minter if isinstance(minter, str) else None
+    )
 
 
 def judge_states(members: Sequence[Member], judge: TokenJudge) -> None:
@@ -203,7 +206,16 @@ class SyncRun:
         run or held (every planned member ``planned``); the report with every member and outsider once."""
         clients, run = self.clients, self.run
         members = await sync_members(clients, run, stop, self.users)
-        judge = await token_judge(clients, run, members, lifetime=self.lifetime, refresh_before=self.refresh_before)
+        lifetime = self.lifetime
+        if lifetime is None and _server_lifetime(run) is None:
+            # 1.6 does not say its default lifetime, and a token's expiry is what tells sync when to renew it:
+            # ask for Defguard's documented default explicitly, so the expiry is known.
+            lifetime = DEFAULT_LIFETIME
+            run.note(
+                "Defguard does not say its default token lifetime (1.6): enrollment tokens are asked for with "
+                "24h, Defguard's default, so that their expiry is known; --lifetime chooses another"
+            )
+        judge = await token_judge(clients, run, members, lifetime=lifetime, refresh_before=self.refresh_before)
         outsiders = [] if self.users is not None else await find_outsiders(clients, run, members)
         line = DefguardServer(run.version or "").major
         plan = plan_sync(
@@ -220,7 +232,7 @@ class SyncRun:
                 clients,
                 run,
                 plan,
-                lifetime=self.lifetime,
+                lifetime=lifetime,
                 progress=progress,
                 stop=stop,
                 journal=self.journal,

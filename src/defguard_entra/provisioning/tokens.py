@@ -7,7 +7,8 @@ reason in words:
    Without it the expiry cannot be known.
 2. **Which log row is ours**: in Defguard's activity log, the ``TOKEN_ADDED`` row for the member whose time plus
    one of the candidate lifetimes (the run's, the server's default, 24 h) lies within :data:`TOLERANCE` of the
-   stored expiry; the latest such row. Nothing else identifies a token in the log.
+   stored expiry: one under the tool's own Defguard user first, then the nearest. Nothing else identifies a token
+   in the log; a token the same admin account mints by hand within two minutes of the tool's cannot be told apart.
 3. Ours found: a later ``TOKEN_ADDED`` for the member, by anyone → ``superseded`` (Defguard deletes a user's unused
    tokens whenever it mints one); an ``ENROLLMENT_STARTED``/``ENROLLMENT_COMPLETED`` by the member after ours →
    ``used`` (this token, or a newer one, was opened in the client).
@@ -93,18 +94,27 @@ def _after(event: ActivityEvent, ours: ActivityEvent) -> bool:
 
 
 def _ours(
-    events: Sequence[ActivityEvent], expires_at: dt.datetime, lifetimes: Sequence[dt.timedelta]
+    events: Sequence[ActivityEvent],
+    expires_at: dt.datetime,
+    lifetimes: Sequence[dt.timedelta],
+    minter: str | None = None,
 ) -> tuple[ActivityEvent, dt.timedelta] | None:
-    """The latest ``TOKEN_ADDED`` row whose time plus a candidate lifetime is within :data:`TOLERANCE` of the
-    stored expiry, and that lifetime."""
-    found = None
-    for event in events:
+    """The ``TOKEN_ADDED`` row that minted the stored token, and its lifetime: of the rows whose time plus a
+    candidate lifetime is within :data:`TOLERANCE` of the stored expiry, one under ``minter`` (the Defguard user
+    whose API token the tool mints with) before any other, then the one nearest to the expiry (another admin's
+    token minted a minute after ours is not taken for ours), the later on a tie."""
+    best: tuple[tuple[bool, dt.timedelta, int], ActivityEvent, dt.timedelta] | None = None
+    for index, event in enumerate(events):
         if event.kind is not ActivityKind.TOKEN_ADDED:
             continue
-        lifetime = next((x for x in lifetimes if abs(event.at + x - expires_at) <= TOLERANCE), None)
-        if lifetime is not None:
-            found = event, lifetime  # events are oldest first: the last match is the latest
-    return found
+        for lifetime in lifetimes:
+            gap = abs(event.at + lifetime - expires_at)
+            if gap > TOLERANCE:
+                continue
+            score = (minter is not None and event.actor != minter, gap, -index)
+            if best is None or score < best[0]:
+                best = score, event, lifetime
+    return (best[1], best[2]) if best is not None else None
 
 
 def _dead(events: Sequence[ActivityEvent], ours: ActivityEvent) -> tuple[TokenState, str] | None:
@@ -132,6 +142,7 @@ def judge_token(
     lifetimes: Sequence[dt.timedelta],
     refresh_before: dt.timedelta | None,
     expiry_known: bool,
+    minter: str | None = None,
 ) -> tuple[TokenState, str]:
     """The state of the stored token of one member and why, in words (the rules are the module's docstring).
 
@@ -139,7 +150,8 @@ def judge_token(
     ``refresh_before``: the refresh window, ``None`` for a quarter of the token's lifetime (the lifetime its log row
     matched, else the shortest candidate: a desktop-activation token always has the server's default lifetime,
     whatever the run asks for, and must not look expiring the moment it is minted); ``expiry_known``: the attribute
-    set defines ``EnrollmentTokenExpiresAt`` (and the mint writes it).
+    set defines ``EnrollmentTokenExpiresAt`` (and the mint writes it); ``minter``: the Defguard user the tool's
+    API token belongs to (its rows are preferred when telling which row minted the stored token).
     """
     expires_at = stored.expires_at if expiry_known else None
     if expires_at is None:
@@ -152,7 +164,7 @@ def judge_token(
         return TokenState.UNKNOWN, f"cannot tell whether the stored token still works: {why}"
     if expires_at <= now:
         return TokenState.EXPIRED, f"the stored token expired at {_iso(expires_at)}"
-    found = _ours(events, expires_at, lifetimes) if events is not None else None
+    found = _ours(events, expires_at, lifetimes, minter) if events is not None else None
     if found is not None and (dead := _dead(events or (), found[0])) is not None:
         return dead
     window = refresh_before
@@ -181,6 +193,7 @@ class TokenJudge:
     lifetimes: tuple[dt.timedelta, ...]
     refresh_before: dt.timedelta | None  # None: a quarter of each token's lifetime
     expiry_known: bool
+    minter: str | None = None  # the Defguard user whose API token the tool mints with
 
     def __call__(self, stored: EnrollmentAttributes, username: str | None) -> tuple[TokenState, str]:
         return judge_token(
@@ -190,4 +203,5 @@ class TokenJudge:
             lifetimes=self.lifetimes,
             refresh_before=self.refresh_before,
             expiry_known=self.expiry_known,
+            minter=self.minter,
         )
