@@ -58,22 +58,51 @@ class RateLimiter:
     Graph's write budget (3,000 writes per 150 s per app and tenant) is a bucket that a fresh run finds full, so a
     run starts at full speed, capped only by ``ceiling`` (``--graph-write-rate``; 0: none). It slows down when Graph
     signals: ``x-ms-throttle-limit-percentage`` of 0.8 or more (documented as sent above 80 % of a limit, and
-    reported missing in practice) sets the documented sustainable pace; a 429 that refuses most of a batch sets it
+    reported missing in practice) sets the documented sustainable pace; a 429 that refuses most of a batch (or 3
+    of its writes, when the header says :attr:`NEARLY_SPENT` of the budget is used) sets it
     too or, when already paced, halves the pace (at most once a second, never below one write a second), besides
-    the pause for the server's ``Retry-After``. Writes that succeed with no warning raise the pace again, one write
-    a second per batch, back to full speed once well above the sustainable pace.
+    the pause for the server's ``Retry-After``. While paced, a budget whose use keeps rising (the percentage up by
+    :attr:`RISE` or more from one reading to the next, at least half a second apart, to :attr:`NEARLY_SPENT` or
+    more) is the budget refilling slower than the pace: it is halved then too, before Graph refuses.
+
+    Every change of pace starts a new :attr:`epoch`, and the engine tells which epoch a batch was sent in. Writes
+    sent before the change (a batch in flight at full speed when the first warning came) and refused say that the
+    budget is spent, not how fast it refills: the pace is halved all the same (a budget refilled at 10/s would
+    refuse half of the next batch at 20/s), but unsure: when the readings of writes sent at the halved pace then
+    fall by :attr:`RISE` or more, the budget refills faster than that, and the pace that was cut is restored (a
+    budget refilled at 20/s: the 100/5 benchmark, which such a cut held at 10/s for the rest of the run). Their
+    readings are the budget's level, not the trend of the pace now.
+
+    Writes that succeed with no warning raise the pace again, one write a second per batch, back to full speed once
+    well above the sustainable pace, but not past :attr:`CAUTION` of the pace Graph last cut (refused or warned
+    at) until :attr:`CLEAN` seconds have gone by without a cut: the halved pace grows back only to just under the
+    budget's refill rate, instead of overshooting it and being refused again (the 50-per-5-s quota benchmark).
     """
 
     SUSTAINED = 3000 / 150  # Graph's documented identity write limit per app and tenant
     FLOOR = 1.0
+    #: After a cut, the pace grows back to at most this fraction of the pace that was cut ...
+    CAUTION = 0.9
+    #: ... until this many seconds have gone by without another cut.
+    CLEAN = 30.0
+    #: A rise of the budget used (``x-ms-throttle-limit-percentage``) between two readings that means "too fast".
+    RISE = 0.1
+    NEARLY_SPENT = 0.9
 
-    def __init__(self, ceiling: float) -> None:
+    def __init__(self, ceiling: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = ceiling
         self.rate: float | None = ceiling if ceiling > 0 else None  # None: not paced
+        self._clock = clock
         self._allowance = 0.0
-        self._last = time.monotonic()
+        self._last = clock()
         self._paused_until = 0.0
-        self._last_cut = 0.0
+        self._last_cut = -1.0e9
+        #: The pace (writes/s) Graph last cut at, while the run was paced: growth stays below it for a while.
+        self.refused_at: float | None = None
+        self._reading: tuple[float, float] | None = None  # (when, percentage) of the last warning compared
+        #: Counts the changes of pace: a batch sent in an older epoch was not sent at the pace now.
+        self.epoch = 0
+        self._unsure = False  # the last cut came from writes sent at an older pace
         self._lock = asyncio.Lock()
 
     @property
@@ -91,7 +120,7 @@ class RateLimiter:
     async def acquire(self, n: int) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 if now < self._paused_until:
                     await asyncio.sleep(self._paused_until - now)
                     continue
@@ -113,33 +142,72 @@ class RateLimiter:
         rate = max(self.FLOOR, rate)
         if self.rate != rate:
             log.info("Graph %s: pacing writes at %.1f/s", why, rate)
+            self.epoch += 1
         if self.rate is None:
             self._allowance = 0.0
-            self._last = time.monotonic()
+            self._last = self._clock()
         self.rate = rate
 
-    def warned(self, percentage: float) -> None:
-        """Graph said the budget is ``percentage`` (0..1) used: from 80 %, no faster than the sustainable pace."""
-        if percentage >= 0.8 and (self.rate is None or self.rate > self.SUSTAINED):
-            self._pace(self.SUSTAINED, f"reports {percentage:.0%} of the write budget used")
+    def _cut(self, why: str, *, unsure: bool = False) -> None:
+        """Slow down (at most once a second): to the sustainable pace from above it, else by half, remembering
+        the pace that was cut (``unsure``: it was not what Graph refused)."""
+        now = self._clock()
+        if now - self._last_cut < 1.0:
+            return
+        self._last_cut = now
+        self._allowance = 0.0
+        if self.rate is None or self.rate > self.SUSTAINED:
+            self._unsure = False
+            self._pace(self.SUSTAINED, why)
+        else:
+            self.refused_at = self.rate
+            self._unsure = unsure
+            self._pace(self.rate * 0.5, why + " again")
 
-    def throttled(self, wait: float | None, *, cut: bool = True) -> None:
-        """Writes were refused with 429: pause for what the server asked and, with ``cut``, slow down."""
-        now = time.monotonic()
+    def warned(self, percentage: float, sent: int | None = None) -> None:
+        """Graph said the budget is ``percentage`` (0..1) used: from 80 %, no faster than the sustainable pace;
+        while paced, a use rising fast towards 100 % (in writes ``sent`` in the epoch now) halves the pace."""
+        if percentage < 0.8:
+            return
+        now = self._clock()
+        if self.rate is None or self.rate > self.SUSTAINED:
+            self._pace(self.SUSTAINED, f"reports {percentage:.0%} of the write budget used")
+            self._reading = (now, percentage)
+            return
+        if self._reading is None or (sent is not None and sent != self.epoch):  # the level, not the pace's trend
+            self._reading = (now, percentage)
+            return
+        then, before = self._reading
+        if now - then < 0.5:  # too close to the last reading to tell a trend
+            return
+        self._reading = (now, percentage)
+        if percentage >= self.NEARLY_SPENT and percentage - before >= self.RISE - 1e-9:
+            self._cut(f"write budget used rose from {before:.0%} to {percentage:.0%}")
+        elif self._unsure and self.refused_at is not None and before - percentage >= self.RISE - 1e-9:
+            restored, self.refused_at, self._unsure = self.refused_at, None, False
+            self._pace(restored, f"write budget used fell from {before:.0%} to {percentage:.0%} at the halved pace")
+
+    def throttled(self, wait: float | None, *, cut: bool = True, sent: int | None = None) -> None:
+        """Writes were refused with 429: pause for what the server asked and, with ``cut``, slow down (unsure
+        when they were ``sent`` in an older epoch than now's, at a pace already given up)."""
+        now = self._clock()
         self._paused_until = max(self._paused_until, now + (wait if wait is not None else 1.0))
         self._allowance = 0.0
-        if cut and now - self._last_cut >= 1.0:
-            self._last_cut = now
-            if self.rate is None or self.rate > self.SUSTAINED:
-                self._pace(self.SUSTAINED, "throttled writes")
-            else:
-                self._pace(self.rate * 0.5, "throttled writes again")
+        if cut:
+            self._cut("throttled writes", unsure=sent is not None and sent != self.epoch)
 
     def succeeded(self, n: int) -> None:
-        """``n`` writes went through with no warning: speed up again (additively), up to full speed."""
+        """``n`` writes went through with no warning: speed up again (additively), up to full speed, but for a
+        while after a cut no further than :attr:`CAUTION` of the pace that was cut."""
         if self.rate is None or (self.ceiling > 0 and self.rate >= self.ceiling):
             return
-        self.rate += n / BATCH_LIMIT
+        rate = self.rate + n / BATCH_LIMIT
+        if self.refused_at is not None:
+            if self._clock() - self._last_cut < self.CLEAN:
+                rate = min(rate, max(self.rate, self.CAUTION * self.refused_at))
+            else:
+                self.refused_at = None
+        self.rate = rate
         if self.ceiling <= 0 and self.rate >= 4 * self.SUSTAINED:
             self.rate = None
         elif self.ceiling > 0:
@@ -204,8 +272,10 @@ class BatchEngine:
         delay = policy.wait_initial
         while pending:
             writes = sum(1 for item in pending.values() if item["method"] == "PATCH")
+            epoch = self.limiter.epoch
             if writes:
                 await self.limiter.acquire(writes)
+                epoch = self.limiter.epoch  # the pace these writes are sent at
             async with self._batches:
                 reply = await self._send(list(pending.values()))
             answered: dict[str, dict[str, Any]]
@@ -242,7 +312,7 @@ class BatchEngine:
                     finish(item_id, {"id": item_id, "status": status or 599, "body": error})
             warning = max((_throttle_percentage(a) for a in answered.values()), default=0.0)
             if warning >= 0.8:
-                self.limiter.warned(warning)
+                self.limiter.warned(warning, epoch)
             elif writes and len(retry_ids) < writes:
                 self.limiter.succeeded(writes - len(retry_ids))
             if not pending:
@@ -268,9 +338,13 @@ class BatchEngine:
                 # to count as an exhausted budget and set 20/s for the whole run: most of the fault run's time.)
                 # Only then are all writes paused: a random refusal is waited out by its own items (below), not by
                 # every batch in flight (the fault run's 10 % of 429s paused the whole run ~270 times).
+                # With Graph's header saying the budget is nearly spent, a few refusals are not noise either: the
+                # budget refills slower than the pace (the 50/5 benchmark at 20/s: 7 of 20 refused, batch after
+                # batch, none "most of a batch").
                 enough = min(3, self.limiter.batch_size)
-                if throttled_writes >= enough and 2 * throttled_writes >= writes:
-                    self.limiter.throttled(wait)
+                spent = warning >= self.limiter.NEARLY_SPENT
+                if throttled_writes >= enough and (spent or 2 * throttled_writes >= writes):
+                    self.limiter.throttled(wait, sent=epoch)
             self.stats["retries"] += len(pending)
             self.activity.beat(wait)  # waiting out what Graph asked for is not silence
             log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)

@@ -104,16 +104,30 @@ def test_writes_are_paced_after_a_throttle_warning() -> None:
     assert engine.limiter.batch_size == 20
 
 
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_rate_limiter_slows_on_429s_and_recovers() -> None:
-    limiter = RateLimiter(0)
+    clock = Clock()
+    limiter = RateLimiter(0, clock=clock)
     assert limiter.target == 0
     assert limiter.batch_size == 20
     limiter.throttled(0.0)
     assert limiter.rate == RateLimiter.SUSTAINED
-    limiter._last_cut = 0.0  # a second later
+    limiter.throttled(0.0)
+    assert limiter.rate == RateLimiter.SUSTAINED  # at most one cut a second
+    clock.now += 1.0
     limiter.throttled(0.0)
     assert limiter.rate == RateLimiter.SUSTAINED / 2
     assert limiter.batch_size == 10
+    clock.now += RateLimiter.CLEAN
     for _ in range(200):
         limiter.succeeded(20)
     assert limiter.rate is None  # back to full speed
@@ -121,6 +135,130 @@ def test_rate_limiter_slows_on_429s_and_recovers() -> None:
     assert capped.batch_size == 5
     capped.warned(0.95)
     assert capped.rate == 5.0  # never above the ceiling
+
+
+def test_after_a_cut_the_pace_grows_back_to_just_under_the_pace_refused_until_a_clean_period() -> None:
+    """The 50-writes-per-5-s benchmark: halved from 20/s to the refill rate of 10/s and grown again by one write a
+    second per batch, the pace overshot 10/s and was refused again (26 and 11 × 429 for a target of 10). After a cut
+    at 10/s it now grows back to 9/s and no further, until 30 s pass with no cut."""
+    clock = Clock()
+    limiter = RateLimiter(0, clock=clock)
+    limiter.throttled(0.0)  # from full speed: the sustainable pace, nothing known of the budget yet
+    assert (limiter.rate, limiter.refused_at) == (RateLimiter.SUSTAINED, None)
+    clock.now += 1.0
+    limiter.throttled(0.0)
+    assert (limiter.rate, limiter.refused_at) == (10.0, 20.0)
+    for _ in range(50):
+        clock.now += 0.5
+        limiter.succeeded(10)
+    assert limiter.rate == RateLimiter.CAUTION * 20.0  # grew quickly back to 18/s, not past it
+    clock.now += 1.0
+    limiter.throttled(0.0)  # refused at 18/s: 9/s, and at most 0.9 × 18 = 16.2/s for a while
+    assert (limiter.rate, limiter.refused_at) == (9.0, 18.0)
+    for _ in range(20):
+        clock.now += 1.0
+        limiter.succeeded(9)
+    assert limiter.rate == pytest.approx(16.2)
+    clock.now += RateLimiter.CLEAN
+    limiter.succeeded(20)
+    assert limiter.refused_at is None  # a clean period: the memory is dropped and the pace grows on
+    assert limiter.rate == pytest.approx(17.2)
+
+
+def test_a_budget_use_rising_fast_halves_the_pace_before_graph_refuses() -> None:
+    """At 20/s against a budget refilled at 10/s the header climbs from 81 % to 99 % in a second, and the next
+    batch was refused half (the 50/5 benchmark's 10 × 429 of its first second): that rise now halves the pace."""
+    clock = Clock()
+    limiter = RateLimiter(0, clock=clock)
+    limiter.warned(0.81)
+    assert limiter.rate == RateLimiter.SUSTAINED
+    clock.now += 0.2
+    limiter.warned(0.99)  # a batch sent before the first warning: too soon after it to tell a trend
+    assert limiter.rate == RateLimiter.SUSTAINED
+    clock.now += 0.8
+    limiter.warned(0.99)
+    assert limiter.rate == RateLimiter.SUSTAINED / 2
+    assert limiter.refused_at == RateLimiter.SUSTAINED
+
+
+def test_a_cut_by_writes_sent_at_full_speed_is_undone_when_the_budget_refills_faster() -> None:
+    """The 100/5 benchmark: the first warning (94 %) set 20/s, then the batch already in flight at full speed was
+    refused 13 of 20, which halved the new pace to 10/s for the rest of the run (22.6 s for a bound of 16.5 s). The
+    cut stays (at 50/5 the budget refills at 10/s), but it is unsure: readings of writes sent at 10/s that fall
+    by 10 points restore 20/s. A cut by writes sent at the pace now is not undone so."""
+    clock = Clock()
+    limiter = RateLimiter(0, clock=clock)
+    at_full_speed = limiter.epoch
+    limiter.warned(0.94, at_full_speed)
+    assert limiter.rate == RateLimiter.SUSTAINED
+    clock.now += 0.1
+    limiter.throttled(0.05, sent=at_full_speed)
+    assert limiter.rate == RateLimiter.SUSTAINED / 2
+    halved = limiter.epoch
+    limiter.warned(1.0, at_full_speed)  # the level now: 100 %
+    clock.now += 1.0
+    limiter.warned(0.96, halved)  # falling, but not by 10 points yet
+    assert limiter.rate == RateLimiter.SUSTAINED / 2
+    clock.now += 1.0
+    limiter.warned(0.86, halved)  # 10 points in a second: the budget refills at about 20/s
+    assert limiter.rate == RateLimiter.SUSTAINED
+    assert limiter.refused_at is None
+
+    sure = RateLimiter(0, clock=clock)
+    sure.warned(0.94)
+    clock.now += 1.0
+    sure.throttled(0.05, sent=sure.epoch)  # refused at 20/s: the budget refills slower than that
+    for percentage in (1.0, 0.9, 0.8):
+        clock.now += 1.0
+        sure.warned(percentage, sure.epoch)
+    assert sure.rate == RateLimiter.SUSTAINED / 2
+
+
+def test_the_engine_tells_the_limiter_which_pace_a_refused_batch_was_sent_at() -> None:
+    """Through the engine: a batch sent at full speed, refused all while another batch's warning set the
+    sustainable pace, halves that pace, unsure."""
+    send = Script({str(i): [429, 204] for i in range(20)}, retry_after="0")
+    engine = _engine(send)
+    limiter = engine.limiter
+    answer = send.__call__
+
+    async def warned_in_flight(items: list[dict[str, Any]]) -> BatchAnswer:
+        if len(send.posts) == 0:
+            limiter.warned(0.9)  # another batch's answer, while this one is on its way
+        return await answer(items)
+
+    engine._send = warned_in_flight
+    asyncio.run(engine.write(_patch(20)))
+    assert send.posts == [[str(i) for i in range(20)]] * 2
+    assert limiter.refused_at == RateLimiter.SUSTAINED
+    assert limiter._unsure
+    assert limiter.rate == RateLimiter.SUSTAINED / 2 + 1  # the 20 retried writes went through
+
+
+def test_a_few_refusals_with_the_budget_nearly_spent_cut_the_pace() -> None:
+    """The 50/5 benchmark at 20/s, the header at 100 %: 7 of 20 refused, batch after batch, never "most of a
+    batch". With the header saying the budget is nearly spent, 3 refusals are enough; without it they are noise."""
+    for headers, halved in (({"x-ms-throttle-limit-percentage": "1.00"}, True), ({}, False)):
+        send = Script({str(i): [429, 204] if i < 7 else [204] for i in range(20)}, headers=headers)
+        engine = _engine(send, rate=0)
+        limiter = engine.limiter
+        limiter.warned(0.97)  # paced at 20/s
+        asyncio.run(engine.write(_patch(20)))
+        assert (limiter.refused_at is not None) is halved
+        assert limiter.rate is not None
+        assert (limiter.rate < RateLimiter.SUSTAINED) is halved
+
+
+def test_a_steady_budget_use_keeps_the_sustainable_pace() -> None:
+    """The 100/5 benchmark: paced at 20/s, the budget's refill rate, the header stays near 97 % (small moves either
+    way): no cut, the run keeps its pace."""
+    clock = Clock()
+    limiter = RateLimiter(0, clock=clock)
+    for percentage in (0.97, 0.99, 0.96, 1.0, 0.98, 0.99, 1.0):
+        limiter.warned(percentage)
+        clock.now += 1.0
+    assert limiter.rate == RateLimiter.SUSTAINED
+    assert limiter.refused_at is None
 
 
 def test_throttle_percentage_header() -> None:
