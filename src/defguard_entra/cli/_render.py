@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import csv_chunks, write_private_file
 from ..exceptions import ConfigurationError
-from ..models import OUTCOME_FIELDS, Checklist, CheckState, Outcome, Report
+from ..models import OUTCOME_FIELDS, Checklist, CheckState, Outcome, Report, TokenState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -206,7 +206,7 @@ def format_summary(
     if report.plan:
         actions: list[list[Any]] = [[action, count] for action, count in report.plan.items()]
         lines.append(table(actions, ["action", "members"], width=width, color=color))
-    problems = [o for o in report.outcomes if o.status.is_problem]
+    problems = [o for o in report.outcomes if o.status.is_problem or _token_needs_a_look(report, o)]
     if problems:
         shown = problems[:_PROBLEM_ROWS]
         rows = [[o.username or "-", o.email or "-", o.status.value, o.error or ""] for o in shown]
@@ -279,8 +279,14 @@ def run_event(
 # -- status and check --------------------------------------------------------------------------------------------
 
 
+def _token_needs_a_look(report: Report, outcome: Outcome) -> bool:
+    """``status``: a stored token that is not usable by the records (its state and the reason are the row)."""
+    return report.command == "status" and outcome.token_state not in {None, TokenState.USABLE}
+
+
 def format_status_table(report: Report, *, width: int | None = None, color: bool = False) -> str:
-    """One row per member for ``status``: Defguard state, Entra match, what is stored (token masked)."""
+    """One row per member for ``status``: Defguard state, Entra match, what is stored (token masked), what the
+    stored token is worth now (its state, the reason in the ``why`` table) and when it expires."""
 
     def flag(value: bool | None) -> str:
         return "-" if value is None else "yes" if value else "no"
@@ -297,10 +303,12 @@ def format_status_table(report: Report, *, width: int | None = None, color: bool
                 o.status.value,
                 o.would_mint.value if o.would_mint else "-",
                 token,
+                o.token_state.value if o.token_state else "-",
+                o.token_expires_at.strftime("%Y-%m-%d %H:%M") if o.token_expires_at else "-",
                 o.enrollment_url or "-",
             ]
         )
-    columns = ["member", "active", "devices", "Entra user", "status", "would mint", "token", "URL"]
+    columns = ["member", "active", "devices", "Entra user", "status", "would mint", "token", "state", "expires", "URL"]
     return table(rows, columns, width=width, color=color)
 
 
