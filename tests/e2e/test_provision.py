@@ -271,6 +271,29 @@ def test_preflight_failures_exit_3_without_minting(org: Org, setup: str, expecte
     assert env["DEFGUARD_API_TOKEN"] not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("bad-token", "Invalid API token"),
+        ("graph-token", "Graph refused the access token"),
+        ("none", "attribute set 'Other' does not exist"),
+    ],
+)
+def test_preflight_reads_run_together_but_the_earliest_check_is_reported(org: Org, setup: str, expected: str) -> None:
+    """The preflight's reads go out together (``provisioning._preflight``); with every later check failing too
+    (no such group, no such attribute set) the one line names the earliest check's failure, nothing minted."""
+    env = org.env
+    if setup == "bad-token":
+        env["DEFGUARD_API_TOKEN"] = "dg-" + "x" * 32
+    elif setup == "graph-token":
+        env["DEFGUARD_ENTRA_GRAPH_TOKEN"] = "not-a-real-token"
+    result = run_cli(["--group-name", "Nope", "--attribute-set-name", "Other"], env)
+    assert result.code == 3, result.stderr
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert org.defguard.issued_count == 0
+
+
 def test_unreachable_defguard(org: Org) -> None:
     env = org.env
     env["DEFGUARD_URL"] = "http://127.0.0.1:9"  # discard port: nothing listens

@@ -1,5 +1,5 @@
-"""The first half of every command: its arguments checked once, the preflight (Defguard's version, token and
-deployment; the Graph sign-in and the attribute set), the group's members and their Entra users.
+"""The first half of every command: its arguments checked once, the preflight (:mod:`._preflight`: Defguard's
+version, token and deployment; the Graph sign-in and the attribute set), the group's members and their Entra users.
 
 Any failure here raises before a single token is minted: Defguard's users come from the bulk list (never one GET
 per member), Entra users are resolved in bulk (mail, then UPN, then otherMails), and members not found or ambiguous
@@ -9,32 +9,24 @@ are settled *without* a token, so their previous token survives.
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 from collections.abc import Sequence
 
-import attrs
-
-from ..config import GRAPH_CLI_CLIENT_ID, AuthMode, validate_group_id
-from ..exceptions import ConfigurationError, EntraAPIError, EntraError, PreflightError
+from ..config import validate_group_id
+from ..exceptions import ConfigurationError, PreflightError
 from ..models import (
-    ATTRIBUTE_EXPIRES,
-    ATTRIBUTE_TOKEN,
-    ATTRIBUTE_URL,
     ENROLLED_POLICIES,
     GROUP_SOURCES,
     DefguardServer,
     EnrolledPolicy,
-    GraphPrincipal,
     Status,
 )
 from ._ports import Clients
+from ._preflight import graph_principal, preflight
 from .plan import (
     SKIP_REASONS,
     Member,
     classify_members,
     detect_shared_entra_users,
-    enrollment_url_problem,
-    map_entra_members,
 )
 from .report import Run, log
 from .suggest import did_you_mean
@@ -51,9 +43,6 @@ __all__ = [
     "resolve_in_entra",
     "restrict_to",
 ]
-
-#: Group members missing from the user list that are looked up one by one before they are reported.
-_MISSING_LOOKUPS = 100
 
 
 def checked_arguments(
@@ -245,119 +234,6 @@ async def members(
     return found
 
 
-async def preflight(clients: Clients, run: Run, *, mints: bool = False) -> list[Member]:
-    """Check both ends (``mints``: also Defguard's enrollment URL), then the group's members, sorted."""
-    defguard, entra = clients.defguard, clients.entra
-    server = await clients.dg(defguard.server)
-    me = await clients.dg(defguard.me)
-    run.audit["defguard_user"] = me.username
-    if not me.is_admin:
-        raise PreflightError(f"the Defguard API token belongs to {me.username!r}, who is not an admin")
-    if mints:
-        await _check_enrollment_url(clients, server.major, run)
-    await entra.sign_in()
-    run.audit["graph_principal"] = (await graph_principal(clients)).to_audit()
-    run.audit["graph_url"] = entra.base_url
-    check = await entra.check_attribute_set(clients.attribute_set)
-    name = clients.attribute_set
-    if not check.readable:
-        run.note(
-            f"could not read the definitions of attribute set {name!r} (needs "
-            "CustomSecAttributeDefinition.Read.All and the Attribute Definition Reader role): not checked, and "
-            f"the tokens' expiry is not stored ({ATTRIBUTE_EXPIRES} may not be defined)",
-            warn=True,
-        )
-    elif not check.set_exists:
-        raise PreflightError(
-            f"attribute set {name!r} does not exist in Entra: create it with the String attributes "
-            f"{ATTRIBUTE_TOKEN} and {ATTRIBUTE_URL} (see docs/entra-setup.md), or pass --attribute-set-name"
-        )
-    elif check.problems:
-        raise PreflightError("; ".join(check.problems) + " (see docs/entra-setup.md)")
-    run.expiry_attribute = check.defines_expiry
-    if check.expiry_problems:
-        log.warning("%s: the token's expiry is not stored (see docs/entra-setup.md)", "; ".join(check.expiry_problems))
-    run.version = server.version
-    if run.group_source == "defguard":
-        return await _defguard_members(clients, run.group_name, run.group_id)
-    entra_members = await entra.group_members(run.group_id or await _entra_group_id(clients, run.group_name))
-    users = await clients.dg(defguard.users)
-    entra_members.sort(key=lambda u: (u.user_principal_name.lower(), u.id))
-    return map_entra_members(entra_members, users.values())
-
-
-async def _entra_group_id(clients: Clients, group_name: str) -> str:
-    """The object id of the one Entra group named ``group_name``; refused when none or several are."""
-    groups = await clients.entra.find_groups(group_name)
-    if len(groups) > 1:
-        ids = ", ".join(g.id for g in groups)
-        raise PreflightError(
-            f"{len(groups)} Entra groups are named {group_name!r} ({ids}): pass --group-id with the object id of "
-            "the one you mean (with --group-source entra), or rename one"
-        )
-    if groups:
-        return groups[0].id
-    message = f"Entra has no group with displayName {group_name!r}"
-    word = next(iter(group_name.split()), "")
-    similar: dict[str, str] = {}
-    try:  # Graph compares displayName case-insensitively: spaces and Unicode forms are what it misses
-        for prefix in dict.fromkeys(unicodedata.normalize(form, word) for form in ("NFC", "NFD") if word):
-            similar.update((g.display_name, g.id) for g in await clients.entra.groups_starting_with(prefix))
-    except EntraError as exc:
-        log.debug("no suggestions for Entra group %r: %s", group_name, exc)
-    if (suggestion := did_you_mean(group_name, similar, ids=similar)) is not None:
-        raise PreflightError(f"{message}: {suggestion} Pass that name or its --group-id")
-    raise PreflightError(f"{message}: check --group-name")
-
-
-async def _defguard_members(clients: Clients, group_name: str, group_id: str | None = None) -> list[Member]:
-    listed = await clients.dg(clients.defguard.groups)
-    if group_id is not None:
-        group = next((g for g in listed if g.id is not None and str(g.id) == group_id), None)
-        if group is None:
-            raise PreflightError(f"Defguard has no group with id {group_id} (any longer): check --group-id")
-    else:
-        group = next((g for g in listed if g.name == group_name), None)  # exactly: names are case-sensitive
-    if group is None:
-        message = f"Defguard has no group named {group_name!r} (names are case-sensitive)"
-        ids = {g.name: str(g.id) for g in listed if g.id is not None}
-        if (suggestion := did_you_mean(group_name, [g.name for g in listed], ids=ids)) is not None:
-            raise PreflightError(f"{message}: {suggestion} Pass that name or its --group-id")
-        raise PreflightError(f"{message}: check --group-name")
-    users = await clients.dg(clients.defguard.users)
-    missing = sorted(set(group.members) - users.keys())
-    for username in missing[:_MISSING_LOOKUPS]:  # a user the unordered pages skipped, or one just added
-        found = await clients.dg(clients.defguard.user, username)
-        if found is not None:
-            users[username] = found
-    members = []
-    for username in sorted(set(group.members)):
-        user = users.get(username)
-        member = Member(username, user)
-        if user is None:
-            member.settle(Status.FAILED, "Defguard: group member missing from the user list")
-        members.append(member)
-    return members
-
-
-async def _check_enrollment_url(clients: Clients, line: int, run: Run) -> None:
-    """Read Defguard's enrollment URL before any token is minted, and refuse one that cannot work."""
-    deployment = await clients.dg(clients.defguard.deployment)
-    run.audit["enrollment_url"] = deployment.enrollment_url
-    if deployment.token_lifetime is not None:
-        run.audit["defguard_token_lifetime_hours"] = round(deployment.token_lifetime.total_seconds() / 3600, 2)
-    if deployment.enrollment_url is None:
-        run.note(
-            f"could not read Defguard's enrollment URL ({'; '.join(deployment.problems)}): "
-            "the first token minted is checked instead",
-            warn=True,
-        )
-        return
-    problem = enrollment_url_problem(deployment.enrollment_url, clients.defguard.url, line)
-    if problem is not None:
-        raise PreflightError(problem)
-
-
 async def resolve_in_entra(clients: Clients, members: list[Member]) -> None:
     """Each unsettled member's Entra user, found in bulk by its Defguard e-mail; not found and ambiguous settled."""
     pending = [m for m in members if m.status is None]
@@ -376,24 +252,3 @@ async def resolve_in_entra(clients: Clients, members: list[Member]) -> None:
                 Status.NOT_FOUND,
                 match.error or f"no Entra user has mail, userPrincipalName or otherMails {member.email!r}",
             )
-
-
-async def graph_principal(clients: Clients) -> GraphPrincipal:
-    """Who Graph sees: the token's claims when it is a JWT, else ``/me`` (a 400 there means app-only)."""
-    entra = clients.entra
-    principal = GraphPrincipal.from_claims(await entra.token_claims()) or GraphPrincipal("unknown")
-    if principal.kind == "unknown" or (principal.kind == "delegated" and not principal.user):
-        try:
-            me = await entra.me()
-        except EntraAPIError as exc:
-            if exc.status == 400:  # "/me request is only valid with delegated authentication flow"
-                principal = attrs.evolve(principal, kind="application")
-        else:
-            principal = attrs.evolve(principal, kind="delegated", user=str(me.get("userPrincipalName") or "") or None)
-    if principal.client_id is None:
-        graph = entra.settings
-        client_id = graph.client_id or graph.environment.get("AZURE_CLIENT_ID")
-        if client_id is None and graph.resolved_auth() in {AuthMode.INTERACTIVE, AuthMode.DEVICE_CODE}:
-            client_id = GRAPH_CLI_CLIENT_ID
-        principal = attrs.evolve(principal, client_id=client_id)
-    return principal
