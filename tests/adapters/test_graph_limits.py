@@ -134,9 +134,14 @@ def test_a_failed_attribute_read_fails_only_that_member(
 
 
 def test_a_batch_answered_424_is_retried(defguard: DefguardEmulator, tmp_path: Path) -> None:
-    quota = WriteQuota(writes=20, per_seconds=1)  # a batch of 20 fits once the bucket refills
+    # A batch of 20 fits once the bucket refills (5 writes a second). The bucket is emptied before the run, so the
+    # first batch of several writes surely finds it short and is answered 424, whatever the pacer does (it cannot
+    # know the budget before Graph says anything).
+    quota = WriteQuota(writes=20, per_seconds=4)
     with GraphEmulator(throttled_batch_status=424, write_quota=quota) as graph:
         ids = _seed(defguard, graph, [f"u{i:02}" for i in range(30)])
+        while quota.take() == 0.0:
+            pass
         path = tmp_path / "r.json"
         argv = ["--group-name", GROUP, "--no-progress", "--graph-write-rate", "0", "--report", str(path)]
         result = run_cli(argv, environment(defguard, graph))
