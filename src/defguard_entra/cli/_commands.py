@@ -47,7 +47,7 @@ from ._settings import identity_dir, load_settings, state_dir, sync_values
 if TYPE_CHECKING:
     from ..provisioning import ProvisioningService
 
-__all__ = ["Context", "Prepared", "SyncCycle", "audited_fatal", "engine_cycle", "run"]
+__all__ = ["Context", "Prepared", "audited_fatal", "run"]
 
 
 @attrs.define
@@ -68,7 +68,7 @@ def run(options: Options, ctx: Context) -> Result:
     if isinstance(options, ProvisionOptions):
         return provision(options, ctx)
     if isinstance(options, SyncOptions):
-        return sync(options, ctx, cycle=engine_cycle)
+        return sync(options, ctx)
     if isinstance(options, StatusOptions):
         return status(options, ctx)
     if isinstance(options, ClearOptions):
@@ -240,32 +240,23 @@ def provision(options: ProvisionOptions, ctx: Context) -> ReportRun:
     return ReportRun(report, prepared.report_path, reveal_tokens=options.reveal_tokens)
 
 
-#: One ``sync`` run of the group, given the signed-in service: what ``sync`` runs once, and ``--watch`` every interval.
-SyncCycle = Callable[["ProvisioningService", SyncOptions, Prepared, Context], Report]
-
-
-def engine_cycle(service: ProvisioningService, options: SyncOptions, prepared: Prepared, ctx: Context) -> Report:
-    """The cycle of ``sync``: ``ProvisioningService.sync`` with the command's options."""
+def sync(options: SyncOptions, ctx: Context) -> ReportRun:
+    """One ``sync`` of the group (``--watch`` repeats this whole handler, :mod:`._watch`)."""
     values = sync_values(options)
-    return service.sync(
-        prepared.group_name,
-        group_id=prepared.group_id,
-        group_source=options.group_source,
-        lifetime=prepared.settings.token_lifetime,
-        enrolled=options.enrolled,
-        refresh_before=values.refresh_before,
-        max_changes=values.max_changes,
-        dry_run=options.dry_run,
-        users=options.users,
-        progress=_progress(options, ctx, "syncing"),
-        stop=ctx.stop,
-    )
-
-
-def sync(options: SyncOptions, ctx: Context, *, cycle: SyncCycle) -> ReportRun:
-    """One ``sync`` of the group through ``cycle`` (``--watch`` repeats this whole handler, :mod:`._watch`)."""
     with _session(options, ctx, scopes="sync") as (service, prepared):
-        report = cycle(service, options, prepared, ctx)
+        report = service.sync(
+            prepared.group_name,
+            group_id=prepared.group_id,
+            group_source=options.group_source,
+            lifetime=prepared.settings.token_lifetime,
+            enrolled=options.enrolled,
+            refresh_before=values.refresh_before,
+            max_changes=values.max_changes,
+            dry_run=options.dry_run,
+            users=options.users,
+            progress=_progress(options, ctx, "syncing"),
+            stop=ctx.stop,
+        )
     report = _audited(report, options, prepared.settings, ctx.environ)
     return ReportRun(report, prepared.report_path)
 

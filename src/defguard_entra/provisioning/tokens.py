@@ -38,6 +38,7 @@ __all__ = [
     "TokenJudge",
     "candidate_lifetimes",
     "events_of",
+    "index_events",
     "judge_token",
     "log_since",
 ]
@@ -71,20 +72,31 @@ def _iso(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def events_of(log: ActivityLog, username: str | None) -> tuple[ActivityEvent, ...] | None:
-    """The rows of ``log`` that concern ``username``'s tokens, oldest first: tokens minted for it (by anyone), and
-    its own enrollments; ``None`` when the log is not available."""
+def index_events(log: ActivityLog) -> dict[str, tuple[ActivityEvent, ...]] | None:
+    """Per username, the rows of ``log`` that concern its tokens, oldest first: tokens minted for it (by anyone),
+    and its own enrollments; ``None`` when the log is not available. Built once per run (one pass over the log)."""
     if not log.available:
         return None
-    if username is None:
-        return ()
-    mine = [
-        e
-        for e in log.events
-        if (e.kind is ActivityKind.TOKEN_ADDED and e.subject == username)
-        or (e.kind in _ENROLLMENT and username in {e.actor, e.subject})
-    ]
-    return tuple(sorted(mine, key=lambda e: (e.at, e.id if e.id is not None else 0)))
+    by_user: dict[str, list[ActivityEvent]] = {}
+    for event in sorted(log.events, key=lambda e: (e.at, e.id if e.id is not None else 0)):
+        if event.kind is ActivityKind.TOKEN_ADDED:
+            names = {event.subject}
+        elif event.kind in _ENROLLMENT:
+            names = {event.actor, event.subject}
+        else:
+            continue
+        for name in names - {None}:
+            by_user.setdefault(str(name), []).append(event)
+    return {name: tuple(rows) for name, rows in by_user.items()}
+
+
+def events_of(log: ActivityLog, username: str | None) -> tuple[ActivityEvent, ...] | None:
+    """The rows of ``log`` that concern ``username``'s tokens (:func:`index_events`); ``None`` when the log is not
+    available."""
+    index = index_events(log)
+    if index is None:
+        return None
+    return index.get(username, ()) if username is not None else ()
 
 
 def _after(event: ActivityEvent, ours: ActivityEvent) -> bool:
@@ -194,11 +206,16 @@ class TokenJudge:
     refresh_before: dt.timedelta | None  # None: a quarter of each token's lifetime
     expiry_known: bool
     minter: str | None = None  # the Defguard user whose API token the tool mints with
+    _index: dict[str, tuple[ActivityEvent, ...]] | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_index", index_events(self.log))  # once: the judge is asked once per member
 
     def __call__(self, stored: EnrollmentAttributes, username: str | None) -> tuple[TokenState, str]:
+        events = None if self._index is None else self._index.get(username, ()) if username is not None else ()
         return judge_token(
             stored,
-            events_of(self.log, username),
+            events,
             now=self.now,
             lifetimes=self.lifetimes,
             refresh_before=self.refresh_before,

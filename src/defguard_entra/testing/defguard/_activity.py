@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-import json
 import re
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -84,20 +83,7 @@ class ActivityHandlers(EnrollmentHandlers, ApiHandlers):
         rows = self._sorted(rows, pairs)
         offset = ((page - 1) * per_page) & U32
         data = [self._api_row(row) for row in rows[offset : offset + per_page]]
-        total = len(rows)
-        total_pages = -(-total // per_page)
-        payload = {
-            "data": data,
-            "pagination": {
-                "current_page": page,
-                "page_size": per_page,
-                "total_items": total,
-                "total_pages": total_pages,
-                "next_page": page + 1 if page < total_pages else None,
-            },
-        }
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return Response(200, body, None if self.version == "1.6" else self.paginated_content_type)
+        return self._paginated(data, len(rows), page, per_page, untyped=self.version == "1.6")
 
     @staticmethod
     def _page_16(pairs: list[tuple[str, str]]) -> int:

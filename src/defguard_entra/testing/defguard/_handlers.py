@@ -55,7 +55,8 @@ class ApiHandlers(DefguardState):
                 per_page = number
         return max(page or 1, 1), min(max(50 if per_page is None else per_page, 1), 100)
 
-    def _paginated(self, items: list[Any], total: int, page: int, per_page: int) -> Response:
+    def _paginated(self, items: list[Any], total: int, page: int, per_page: int, *, untyped: bool = False) -> Response:
+        """A page in ``PaginatedApiResponse``'s shape; ``untyped``: sent with no Content-Type (1.6's activity log)."""
         total_pages = -(-total // per_page)
         payload = {
             "data": items,
@@ -68,7 +69,7 @@ class ApiHandlers(DefguardState):
             },
         }
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return Response(200, body, self.paginated_content_type)
+        return Response(200, body, None if untyped else self.paginated_content_type)
 
     def _list_users(self, request: Request) -> Response:
         self._authenticate(request)

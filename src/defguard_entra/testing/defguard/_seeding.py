@@ -156,7 +156,8 @@ class Seeding(DefguardState):
 
     def leave_group(self, username: str, group: str) -> None:
         """Take a user out of a group, as an admin in the UI or directory sync does when the member leaves the Entra
-        group (``DELETE /api/v1/group/{name}/user/{username}``); its tokens are left alone, as Defguard leaves them."""
+        group (``remove_group_member``, v1.6.6 and v2.0.1 ``crates/defguard_core/src/handlers/group.rs``: the
+        membership only, ``user.remove_from_group``; the user's enrollment tokens are left alone)."""
         with self.lock:
             user = self._user(username)
             self._groups[group].members.pop(username, None)

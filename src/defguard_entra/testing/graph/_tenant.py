@@ -162,19 +162,6 @@ class Tenant(EmulatorServer):
                     group.members.append(member)
             self._membership_version += 1
 
-    def remove_members(self, group_id: str, *member_ids: str) -> None:
-        """Remove direct members (user ids or UPNs, group ids) from a group."""
-        with self.lock:
-            group = self._groups.get(group_id.lower())
-            if group is None:
-                raise KeyError(f"no group {group_id!r}")
-            for member_id in member_ids:
-                member: User | Group | None = self._find_user(member_id) or self._groups.get(member_id.lower())
-                if member is not None and member.id.lower() in group.member_ids:
-                    group.member_ids.discard(member.id.lower())
-                    group.members.remove(member)
-            self._membership_version += 1
-
     def set_user(self, user: str, *, account_enabled: bool | None = None) -> None:
         """Change a user in place: ``account_enabled=False`` is an account an admin has disabled (offboarding)."""
         with self.lock:
