@@ -12,6 +12,7 @@ time is spent, other failures end after the policy's attempts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,7 +25,16 @@ from ._odata import error_of
 from ._retry import Activity, RetryPolicy, parse_retry_after
 from .config import BATCH_LIMIT
 
-__all__ = ["FAILED_DEPENDENCY", "RETRYABLE", "BatchAnswer", "BatchEngine", "ItemAnswers", "RateLimiter", "SendBatch"]
+__all__ = [
+    "FAILED_DEPENDENCY",
+    "RETRYABLE",
+    "BatchAnswer",
+    "BatchEngine",
+    "ItemAnswers",
+    "RateLimiter",
+    "SendBatch",
+    "SlowStart",
+]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +224,63 @@ class RateLimiter:
             self.rate = min(self.rate, self.ceiling)
 
 
+class SlowStart:
+    """How many ``$batch``es of writes may be in flight: one at first, one more for every :attr:`WIDEN` writes
+    answered with no sign of a spent budget, back to one at the first sign.
+
+    Graph says nothing about its write budget below 80 % of it, and a budget that other apps of the tenant share
+    may be nearly spent when a run starts: a bucket of 50 warns at its 40th write, two batches in. A batch sent
+    while the one that brings the first warning is on its way is refused whole (the 50-per-5-s benchmark: 11 of
+    20 refused whenever that happened). So a run starts with one batch in flight and widens as Graph keeps silent,
+    as TCP's slow start does; a large budget (Graph's 3,000 per app) costs the first few batches their overlap.
+    Counted in writes, not batches: the write probe's and the first member's one-write batches say little about
+    the budget. A batch is "clean" when Graph did not warn about it and the pace did not change because of it; the
+    caller's own bounds (the window of unstored tokens, the engine's parallel batches) keep the number in flight finite.
+    """
+
+    #: Writes answered clean before one more batch may be in flight: two full batches.
+    WIDEN = 2 * BATCH_LIMIT
+
+    def __init__(self) -> None:
+        self.limit = 1
+        self.sending = 0
+        self._clean = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def enter(self) -> None:
+        """Wait until one more batch of writes may be sent; it then counts as in flight until :meth:`leave`."""
+        if not self._waiters and self.sending < self.limit:
+            self.sending += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(0, clean=False)  # granted just as it was cancelled: not sent
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def leave(self, writes: int, *, clean: bool) -> None:
+        """A batch of ``writes`` is answered: ``clean`` counts towards widening, anything else narrows to one."""
+        self.sending -= 1
+        if clean:
+            self._clean += writes
+            if self._clean >= self.WIDEN:
+                self._clean = 0
+                self.limit += 1
+        else:
+            self._clean = 0
+            self.limit = 1
+        while self._waiters and self.sending < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.sending += 1
+                waiter.set_result(None)
+
+
 def _throttle_percentage(answer: Mapping[str, Any]) -> float:
     """``x-ms-throttle-limit-percentage`` of a batch item's answer (0.0 when absent or unreadable)."""
     headers = answer.get("headers") or {}
@@ -228,7 +295,8 @@ def _throttle_percentage(answer: Mapping[str, Any]) -> float:
 
 class BatchEngine:
     """Sends ``$batch`` items through ``send``: at most ``parallel`` batches at once, writes (``PATCH`` items)
-    paced by ``limiter``, every retry counted in ``stats`` (``"throttled"`` and ``"retries"``)."""
+    paced by ``limiter`` and started slowly (:class:`SlowStart`), every retry counted in ``stats``
+    (``"throttled"`` and ``"retries"``)."""
 
     def __init__(
         self,
@@ -246,6 +314,7 @@ class BatchEngine:
         self.retry = retry
         self.stats = stats
         self._batches = asyncio.Semaphore(max(1, parallel))
+        self.slow_start = SlowStart()
 
     async def batch(self, requests: Sequence[Mapping[str, Any]], on_item: OnItem | None = None) -> ItemAnswers:
         """Send up to 20 items as one ``$batch``; items answered 429/503/504 are retried on their own.
@@ -273,81 +342,95 @@ class BatchEngine:
         while pending:
             writes = sum(1 for item in pending.values() if item["method"] == "PATCH")
             epoch = self.limiter.epoch
+            clean = False  # for the slow start: Graph answered, did not warn, and the pace did not change
             if writes:
-                await self.limiter.acquire(writes)
-                epoch = self.limiter.epoch  # the pace these writes are sent at
-            async with self._batches:
-                reply = await self._send(list(pending.values()))
-            answered: dict[str, dict[str, Any]]
-            if reply.status == FAILED_DEPENDENCY:  # every item is retried as throttled
-                retry_after = {"Retry-After": reply.retry_after or ""}
-                answered = {i: {"id": i, "status": 429, "headers": retry_after} for i in pending}
-            else:
-                answered = {str(r.get("id")): r for r in reply.responses}
-            waits: list[float] = []
-            retry_ids = []
-            throttled_writes = 0
-            for item_id, item in list(pending.items()):
-                answer = answered.get(item_id)
-                status = int(answer.get("status", 0)) if answer else 0
-                if answer is not None and status not in RETRYABLE:
-                    finish(item_id, answer)
-                    continue
-                attempts[item_id] += 1
-                headers = {str(k).lower(): str(v) for k, v in ((answer or {}).get("headers") or {}).items()}
-                wait = parse_retry_after(headers.get("retry-after"))
-                if wait is not None:
-                    waits.append(wait)
-                if status == 429:
-                    self.stats["throttled"] += 1
-                    throttled_writes += item["method"] == "PATCH"
+                # Its turn first, then the pace: a batch that waited for the one before it is sent at the pace
+                # that one's answer set, not at the pace it found when it started to wait.
+                await self.slow_start.enter()
+            try:
+                if writes:
+                    await self.limiter.acquire(writes)
+                    epoch = self.limiter.epoch  # the pace these writes are sent at
+                async with self._batches:
+                    reply = await self._send(list(pending.values()))
+                answered: dict[str, dict[str, Any]]
+                if reply.status == FAILED_DEPENDENCY:  # every item is retried as throttled
+                    retry_after = {"Retry-After": reply.retry_after or ""}
+                    answered = {i: {"id": i, "status": 429, "headers": retry_after} for i in pending}
                 else:
-                    failures[item_id] += 1
-                retry_ids.append(item_id)
-                # Throttling is waited out until the time budget (--max-retry-time) is spent; failures also end
-                # after --retries. A 429 says "not now", not "broken".
-                if failures[item_id] >= policy.attempts or time.monotonic() >= deadline:
-                    code, message = error_of((answer or {}).get("body"), status)
-                    error = {"error": {"code": code, "message": message or "no answer"}}
-                    finish(item_id, {"id": item_id, "status": status or 599, "body": error})
-            warning = max((_throttle_percentage(a) for a in answered.values()), default=0.0)
-            if warning >= 0.8:
-                self.limiter.warned(warning, epoch)
-            elif writes and len(retry_ids) < writes:
-                self.limiter.succeeded(writes - len(retry_ids))
-            if not pending:
-                break
-            wait = max(waits) if waits else delay
-            left = deadline - time.monotonic()
-            if wait > left:  # a wait past the retry budget is not waited out: those members fail now, saying why
-                why = (
-                    f"Graph asked to wait {wait:g} s, more than the {max(0.0, left):.0f} s left of the retry time "
-                    "(--max-retry-time)"
-                )
-                for item_id in list(pending):
-                    finish(
-                        item_id,
-                        {"id": item_id, "status": 429, "body": {"error": {"code": "TooManyRequests", "message": why}}},
+                    answered = {str(r.get("id")): r for r in reply.responses}
+                waits: list[float] = []
+                retry_ids = []
+                throttled_writes = 0
+                for item_id, item in list(pending.items()):
+                    answer = answered.get(item_id)
+                    status = int(answer.get("status", 0)) if answer else 0
+                    if answer is not None and status not in RETRYABLE:
+                        finish(item_id, answer)
+                        continue
+                    attempts[item_id] += 1
+                    headers = {str(k).lower(): str(v) for k, v in ((answer or {}).get("headers") or {}).items()}
+                    wait = parse_retry_after(headers.get("retry-after"))
+                    if wait is not None:
+                        waits.append(wait)
+                    if status == 429:
+                        self.stats["throttled"] += 1
+                        throttled_writes += item["method"] == "PATCH"
+                    else:
+                        failures[item_id] += 1
+                    retry_ids.append(item_id)
+                    # Throttling is waited out until the time budget (--max-retry-time) is spent; failures also end
+                    # after --retries. A 429 says "not now", not "broken".
+                    if failures[item_id] >= policy.attempts or time.monotonic() >= deadline:
+                        code, message = error_of((answer or {}).get("body"), status)
+                        error = {"error": {"code": code, "message": message or "no answer"}}
+                        finish(item_id, {"id": item_id, "status": status or 599, "body": error})
+                warning = max((_throttle_percentage(a) for a in answered.values()), default=0.0)
+                clean = warning < 0.8 and reply.status != FAILED_DEPENDENCY
+                if warning >= 0.8:
+                    self.limiter.warned(warning, epoch)
+                elif writes and len(retry_ids) < writes:
+                    self.limiter.succeeded(writes - len(retry_ids))
+                if not pending:
+                    break
+                wait = max(waits) if waits else delay
+                left = deadline - time.monotonic()
+                if wait > left:  # a wait past the retry budget is not waited out: those members fail now, saying why
+                    why = (
+                        f"Graph asked to wait {wait:g} s, more than the {max(0.0, left):.0f} s left of the retry time "
+                        "(--max-retry-time)"
                     )
-                break
-            if throttled_writes:
-                # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
-                # that a pause (Retry-After) handles without slowing the whole run.
-                # (Retries of a few leftover items say little either way: they need at least 3 refusals, fewer
-                # only when the pace itself makes batches that small. A lone retried item refused again used
-                # to count as an exhausted budget and set 20/s for the whole run: most of the fault run's time.)
-                # Only then are all writes paused: a random refusal is waited out by its own items (below), not by
-                # every batch in flight (the fault run's 10 % of 429s paused the whole run ~270 times).
-                # With Graph's header saying the budget is nearly spent, a few refusals are not noise either: the
-                # budget refills slower than the pace (the 50/5 benchmark at 20/s: 7 of 20 refused, batch after
-                # batch, none "most of a batch").
-                enough = min(3, self.limiter.batch_size)
-                spent = warning >= self.limiter.NEARLY_SPENT
-                if throttled_writes >= enough and (spent or 2 * throttled_writes >= writes):
-                    self.limiter.throttled(wait, sent=epoch)
-            self.stats["retries"] += len(pending)
-            self.activity.beat(wait)  # waiting out what Graph asked for is not silence
-            log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)
+                    for item_id in list(pending):
+                        finish(
+                            item_id,
+                            {
+                                "id": item_id,
+                                "status": 429,
+                                "body": {"error": {"code": "TooManyRequests", "message": why}},
+                            },
+                        )
+                    break
+                if throttled_writes:
+                    # An exhausted budget refuses most of a batch; a few refusals among many successes are noise
+                    # that a pause (Retry-After) handles without slowing the whole run.
+                    # (Retries of a few leftover items say little either way: they need at least 3 refusals, fewer
+                    # only when the pace itself makes batches that small. A lone retried item refused again used
+                    # to count as an exhausted budget and set 20/s for the whole run: most of the fault run's time.)
+                    # Only then are all writes paused: a random refusal is waited out by its own items (below), not by
+                    # every batch in flight (the fault run's 10 % of 429s paused the whole run ~270 times).
+                    # With Graph's header saying the budget is nearly spent, a few refusals are not noise either: the
+                    # budget refills slower than the pace (the 50/5 benchmark at 20/s: 7 of 20 refused, batch after
+                    # batch, none "most of a batch").
+                    enough = min(3, self.limiter.batch_size)
+                    spent = warning >= self.limiter.NEARLY_SPENT
+                    if throttled_writes >= enough and (spent or 2 * throttled_writes >= writes):
+                        self.limiter.throttled(wait, sent=epoch)
+                self.stats["retries"] += len(pending)
+                self.activity.beat(wait)  # waiting out what Graph asked for is not silence
+                log.info("Graph $batch: %d item(s) throttled or unavailable; retrying in %.2fs", len(pending), wait)
+            finally:
+                if writes:
+                    self.slow_start.leave(writes, clean=clean and self.limiter.epoch == epoch)
             await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
             delay = min(policy.wait_max, delay * 2)
         return done

@@ -349,3 +349,130 @@ def test_a_batch_mostly_refused_sets_the_sustainable_pace() -> None:
     rate = engine.limiter.rate
     assert rate is not None  # paced: the sustainable pace, raised a little by the 12 retries that went through
     assert RateLimiter.SUSTAINED <= rate <= RateLimiter.SUSTAINED + 1
+
+
+# -- the slow start: one batch of writes in flight until Graph has kept silent for two batches --------------------
+
+
+class Overlap:
+    """A send function that answers each batch after a short wait, with the ``warn`` percentage from its
+    ``warn_from``-th batch on, and records how many batches were in flight at each send and the pace then."""
+
+    def __init__(self, engine_box: list[BatchEngine], *, warn_from: int | None = None) -> None:
+        self.box = engine_box
+        self.warn_from = warn_from
+        self.in_flight = 0
+        self.answered = 0  # writes answered so far
+        self.sends: list[tuple[int, float]] = []  # (batches in flight, with this one; the pace it was sent at)
+        self.answered_at_send: list[int] = []
+        self.sent_at: list[float] = []
+        self.answered_at: list[float] = []
+
+    async def __call__(self, items: list[dict[str, Any]]) -> BatchAnswer:
+        self.in_flight += 1
+        self.sends.append((self.in_flight, self.box[0].limiter.target))
+        self.answered_at_send.append(self.answered)
+        self.sent_at.append(time.monotonic())
+        number = len(self.sends)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+        self.answered += len(items)
+        self.answered_at.append(time.monotonic())
+        warn = self.warn_from is not None and number >= self.warn_from
+        headers = {"x-ms-throttle-limit-percentage": "0.81"} if warn else {}
+        return BatchAnswer(200, [{"id": str(i["id"]), "status": 204, "headers": headers} for i in items])
+
+
+def _overlapping(warn_from: int | None = None) -> tuple[BatchEngine, Overlap]:
+    box: list[BatchEngine] = []
+    send = Overlap(box, warn_from=warn_from)
+    engine = BatchEngine(
+        send, limiter=RateLimiter(0), retry=FAST, stats={"requests": 0, "throttled": 0, "retries": 0}, parallel=4
+    )
+    box.append(engine)
+    return engine, send
+
+
+def _patches(start: int, n: int) -> list[dict[str, Any]]:
+    return [{"id": str(i), "method": "PATCH", "url": f"/users/{i}", "body": {}} for i in range(start, start + n)]
+
+
+async def _write_all(engine: BatchEngine, batches: int) -> None:
+    await asyncio.gather(*(engine.batch(_patches(20 * b, 20)) for b in range(batches)))
+
+
+def test_writes_start_one_batch_at_a_time_and_widen_while_graph_keeps_silent() -> None:
+    """Ten batches offered at once: the first two go one at a time; every 40 writes answered without a warning
+    allow one more batch in flight (the engine's ``parallel`` and the caller's window bound it further)."""
+    engine, send = _overlapping()
+    asyncio.run(_write_all(engine, 10))
+    in_flight = [n for n, _ in send.sends]
+    assert in_flight[:2] == [1, 1]
+    for n, answered in zip(in_flight, send.answered_at_send, strict=True):
+        assert n <= 1 + answered // 40
+    assert max(in_flight) >= 3  # it did widen
+    assert engine.slow_start.sending == 0
+
+
+def test_reads_are_not_held_back_by_the_slow_start() -> None:
+    engine, send = _overlapping()
+
+    async def reads() -> None:
+        await asyncio.gather(*(engine.batch(_get(20)) for _ in range(4)))
+
+    asyncio.run(reads())
+    assert max(n for n, _ in send.sends) == 4  # the engine's parallel batches, no slow start
+
+
+def test_the_batch_after_the_first_warning_is_sent_at_the_pace_the_warning_set() -> None:
+    """The 50-per-5-s benchmark's burst: the second batch's answer brings the first warning (81 %). The third
+    batch, already waiting its turn, goes out at the sustainable pace the warning set, never at full speed next to
+    the batch that warned (which had 11 of its 20 writes refused, run after run)."""
+    engine, send = _overlapping(warn_from=2)
+
+    async def three() -> None:  # the third of 4 writes: at 20/s, 0.2 s after the warning
+        await asyncio.gather(
+            engine.batch(_patches(0, 20)), engine.batch(_patches(20, 20)), engine.batch(_patches(40, 4))
+        )
+
+    asyncio.run(three())
+    assert [n for n, _ in send.sends] == [1, 1, 1]
+    assert [pace for _, pace in send.sends] == [0.0, 0.0, RateLimiter.SUSTAINED]  # 0: not paced
+    assert send.sent_at[2] - send.answered_at[1] >= 0.15  # paced, not sent the moment its turn came
+    assert engine.slow_start.limit == 1  # a warning narrows to one
+
+
+def test_a_batch_that_is_not_answered_narrows_the_slow_start() -> None:
+    engine, _ = _overlapping()
+    slow = engine.slow_start
+
+    async def failing(items: list[dict[str, Any]]) -> BatchAnswer:
+        raise OSError("connection reset")
+
+    async def run() -> None:
+        await _write_all(engine, 2)  # 40 clean writes: two in flight allowed
+        assert slow.limit == 2
+        engine._send = failing
+        with pytest.raises(OSError):
+            await engine.batch(_patches(100, 20))
+
+    asyncio.run(run())
+    assert (slow.limit, slow.sending) == (1, 0)
+
+
+def test_a_batch_cancelled_while_waiting_its_turn_gives_nothing_back_twice() -> None:
+    engine, _ = _overlapping()
+    slow = engine.slow_start
+
+    async def run() -> None:
+        first = asyncio.ensure_future(engine.batch(_patches(0, 20)))
+        second = asyncio.ensure_future(engine.batch(_patches(20, 20)))
+        await asyncio.sleep(0.005)  # the first in flight, the second waiting its turn
+        assert slow.sending == 1
+        second.cancel()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    asyncio.run(run())
+    assert slow.sending == 0

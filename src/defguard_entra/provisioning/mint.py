@@ -2,7 +2,7 @@
 
 The write probe comes first (:mod:`.probe`). Then one member at a time until a token is minted, so that a server
 failing every token request is found after a few members and the first token's URL is checked; then every member
-takes a place in the window of 40 tokens minted and not yet stored (:mod:`._window`), is journaled, minted, and
+takes a place in the window of 60 tokens minted and not yet stored (:mod:`._window`), is journaled, minted, and
 queued for its write (:mod:`._writes`), which forms batches of up to 20 from the tokens ready. A member being
 retried holds only its own place; the journal holds at most the window open whatever happens to the run. A
 watchdog ends a run neither service answers; the breaker and the abort rules stop minting when the fault is not
@@ -50,9 +50,12 @@ class _NotStarted(Exception):  # noqa: N818 - internal: a token request that was
     pass
 
 
-#: Tokens minted (or being minted) and not yet stored at any moment: two batches' worth, the most an abnormal end
-#: can leave stale. One place per member, from before its token request until its write is final.
-_UNSTORED_TOKENS = 2 * BATCH_LIMIT
+#: Tokens minted (or being minted) and not yet stored at any moment: three batches' worth, the most an abnormal end
+#: can leave stale. One place per member, from before its token request until its write is final. Three, because a
+#: place is held through three stages of about the same length (its token request, the wait for its batch to fill,
+#: the batch's write: 25, 15 and 30 ms at 20 ms of latency): with two batches, one stage always stood idle and the
+#: window, not the 16 token workers, set the pace (docs/performance.md, 2026-12-02 morning).
+_UNSTORED_TOKENS = 3 * BATCH_LIMIT
 
 
 @attrs.define
