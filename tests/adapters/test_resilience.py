@@ -138,6 +138,24 @@ def test_writes_spend_the_burst_then_pace_when_graph_warns() -> None:
         assert graph.throttled_count <= 5
 
 
+def test_a_small_shared_budget_is_not_overrun_at_the_start() -> None:
+    """A bucket of 50 writes refilled at 10/s that starts full (the 50-per-5-s benchmark, scaled down in members):
+    Graph warns at its 40th write, two batches in. Default flags send the first batches one at a time (the slow
+    start), so no batch is on its way beside the one that brings the warning: without it, one often was (this
+    test saw 10 refused in 2 of 4 runs)."""
+    latency = Faults(latency=0.02)  # both services 20 ms away, as in the benchmark: batches overlap
+    with (
+        DefguardEmulator("2.0", faults=latency) as defguard,
+        GraphEmulator(write_quota=WriteQuota(50, 5.0), faults=latency) as graph,
+    ):
+        ids = _seed(defguard, graph, 100)
+        result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
+        assert result.code == 0, result.stderr
+        assert _consistent(defguard, graph, ids) == []
+        assert "of the write budget used: pacing writes at 20.0/s" in result.stderr
+        assert graph.throttled_count <= 3
+
+
 def test_writes_are_not_paced_without_a_signal() -> None:
     with DefguardEmulator("2.0") as defguard, GraphEmulator() as graph:
         ids = _seed(defguard, graph, 120)

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from defguard_entra._attributes import definition_problems, patch_items, values_of, write_results
-from defguard_entra._batch import FAILED_DEPENDENCY, BatchAnswer, BatchEngine, RateLimiter, _throttle_percentage
+from defguard_entra._batch import (
+    FAILED_DEPENDENCY,
+    BatchAnswer,
+    BatchEngine,
+    RateLimiter,
+    SlowStart,
+    _throttle_percentage,
+)
 from defguard_entra._lookup import settle
 from defguard_entra._retry import RetryPolicy
 from defguard_entra.models import EntraUser, MatchedBy, Secret
@@ -351,7 +358,7 @@ def test_a_batch_mostly_refused_sets_the_sustainable_pace() -> None:
     assert RateLimiter.SUSTAINED <= rate <= RateLimiter.SUSTAINED + 1
 
 
-# -- the slow start: one batch of writes in flight until Graph has kept silent for two batches --------------------
+# -- the slow start: one batch of writes in flight until Graph has kept silent for 160 writes ----------------------
 
 
 class Overlap:
@@ -402,14 +409,15 @@ async def _write_all(engine: BatchEngine, batches: int) -> None:
 
 
 def test_writes_start_one_batch_at_a_time_and_widen_while_graph_keeps_silent() -> None:
-    """Ten batches offered at once: the first two go one at a time; every 40 writes answered without a warning
-    allow one more batch in flight (the engine's ``parallel`` and the caller's window bound it further)."""
+    """Thirty batches offered at once: the first eight go one at a time; every 160 writes answered without a
+    warning allow one more batch in flight (the engine's ``parallel`` and the caller's window bound it further)."""
     engine, send = _overlapping()
-    asyncio.run(_write_all(engine, 10))
+    asyncio.run(_write_all(engine, 30))
     in_flight = [n for n, _ in send.sends]
-    assert in_flight[:2] == [1, 1]
+    assert SlowStart.WIDEN == 160
+    assert in_flight[:8] == [1] * 8
     for n, answered in zip(in_flight, send.answered_at_send, strict=True):
-        assert n <= 1 + answered // 40
+        assert n <= 1 + answered // SlowStart.WIDEN
     assert max(in_flight) >= 3  # it did widen
     assert engine.slow_start.sending == 0
 
@@ -450,7 +458,7 @@ def test_a_batch_that_is_not_answered_narrows_the_slow_start() -> None:
         raise OSError("connection reset")
 
     async def run() -> None:
-        await _write_all(engine, 2)  # 40 clean writes: two in flight allowed
+        await _write_all(engine, 8)  # 160 clean writes: two in flight allowed
         assert slow.limit == 2
         engine._send = failing
         with pytest.raises(OSError):
