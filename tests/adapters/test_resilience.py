@@ -139,10 +139,12 @@ def test_writes_spend_the_burst_then_pace_when_graph_warns() -> None:
 
 
 def test_a_small_shared_budget_is_not_overrun_at_the_start() -> None:
-    """A bucket of 50 writes refilled at 10/s that starts full (the 50-per-5-s benchmark, scaled down in members):
-    Graph warns at its 40th write, two batches in. Default flags send the first batches one at a time (the slow
-    start), so no batch is on its way beside the one that brings the warning: without it, one often was (this
-    test saw 10 refused in 2 of 4 runs)."""
+    """A bucket of 50 writes refilled at 10/s that starts full (the 50-per-5-s benchmark, scaled down in members).
+    Default flags send the first batches one at a time (the slow start), so no batch is on its way beside the one
+    that brings Graph's first warning. What may still be refused is the first batch sent at the sustainable
+    20/s after that warning, when the warning came at 98-99 % (batches not full, as on a loaded machine): its
+    20 writes wait 1 s, in which this bucket refills 10, so at most 10. Measured with two busy loops beside the
+    test, eight runs each: 0-10 refused with the slow start (10 in a CI run); 0-36 without it, over 10 in 5."""
     latency = Faults(latency=0.02)  # both services 20 ms away, as in the benchmark: batches overlap
     with (
         DefguardEmulator("2.0", faults=latency) as defguard,
@@ -153,7 +155,7 @@ def test_a_small_shared_budget_is_not_overrun_at_the_start() -> None:
         assert result.code == 0, result.stderr
         assert _consistent(defguard, graph, ids) == []
         assert "of the write budget used: pacing writes at 20.0/s" in result.stderr
-        assert graph.throttled_count <= 3
+        assert graph.throttled_count <= 10
 
 
 def test_writes_are_not_paced_without_a_signal() -> None:
