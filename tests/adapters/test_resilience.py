@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import threading
 import time
 from collections.abc import Callable
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 
 from defguard_entra._retry import parse_retry_after
 from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, WriteQuota, environment
-from defguard_entra.testing._server import EmulatorServer
+from defguard_entra.testing._server import EmulatorServer, Request
 from helpers import run_cli
 
 
@@ -138,23 +140,46 @@ def test_writes_spend_the_burst_then_pace_when_graph_warns() -> None:
         assert graph.throttled_count <= 5
 
 
+class _TimedGraph(GraphEmulator):
+    """The Graph emulator, noting when each ``$batch`` of writes arrived and when it was answered (seen from the
+    server, so a batch the client sent only after the previous answer never appears to overlap it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.write_batches: list[tuple[float, float]] = []
+
+    def _serve(self, request: Request) -> Any:
+        arrived = time.monotonic()
+        response = super()._serve(request)
+        if request.raw_path.endswith("/$batch") and b'"PATCH"' in request.body:
+            with self.lock:
+                self.write_batches.append((arrived, time.monotonic()))
+        return response
+
+
 def test_a_small_shared_budget_is_not_overrun_at_the_start() -> None:
-    """A bucket of 50 writes refilled at 10/s that starts full (the 50-per-5-s benchmark, scaled down in members).
-    Default flags send the first batches one at a time (the slow start), so no batch is on its way beside the one
-    that brings Graph's first warning. What may still be refused is the first batch sent at the sustainable
-    20/s after that warning, when the warning came at 98-99 % (batches not full, as on a loaded machine): its
-    20 writes wait 1 s, in which this bucket refills 10, so at most 10. Measured with two busy loops beside the
-    test, eight runs each: 0-10 refused with the slow start (10 in a CI run); 0-36 without it, over 10 in 5."""
-    latency = Faults(latency=0.02)  # both services 20 ms away, as in the benchmark: batches overlap
+    """A bucket of 50 writes refilled at 10/s that starts full (the 50-per-5-s benchmark, scaled down in members),
+    Graph 50 ms away and Defguard at once, so tokens are ready faster than Graph answers. Default flags send the
+    first batches one at a time (the slow start: one more only after 160 writes answered without a warning, more
+    than this run makes), so no batch is ever on its way beside another, in particular beside the one that brings
+    Graph's first warning. What may still be refused is the first batch sent at the sustainable 20/s after that
+    warning when the warning came late (at 98-99 %, batches not full): its 20 writes wait 1 s, in which this
+    bucket refills 10, so at most 10. Checked that it fails: with the slow start's limit at 99 instead of 1, two
+    runs had 3 and 2 overlapping batches and 26 and 29 writes refused; with it, 0 overlaps and 9 refused (x3)."""
+    latency = Faults(latency=0.05)  # tokens come faster than Graph answers: batches would overlap
     with (
-        DefguardEmulator("2.0", faults=latency) as defguard,
-        GraphEmulator(write_quota=WriteQuota(50, 5.0), faults=latency) as graph,
+        DefguardEmulator("2.0") as defguard,
+        _TimedGraph(write_quota=WriteQuota(50, 5.0), faults=latency) as graph,
     ):
         ids = _seed(defguard, graph, 100)
         result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
         assert result.code == 0, result.stderr
         assert _consistent(defguard, graph, ids) == []
         assert "of the write budget used: pacing writes at 20.0/s" in result.stderr
+        spans = sorted(graph.write_batches)
+        assert len(spans) >= 5
+        overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+        assert overlaps == []
         assert graph.throttled_count <= 10
 
 
