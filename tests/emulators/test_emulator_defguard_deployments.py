@@ -312,6 +312,60 @@ def test_rate_limiter_follows_tower_governor() -> None:
         assert _get(emu, "/api/v1/me").headers["retry-after"] == "2"
 
 
+# -- load: the database pool, a proxy's connection limit ------------------------------------------------------------
+
+
+def test_requests_beyond_the_database_pool_wait_their_turn() -> None:
+    """v2.0.1 ``crates/defguard_common/src/db/mod.rs`` ``setup_pool``: ``PgPoolOptions::new().max_connections(5)``;
+    ``handlers/user.rs`` ``start_enrollment`` (439-475) runs in a transaction on that pool, so a request that finds
+    the five connections in use waits (sqlx's ``acquire``) and answers later. ``Load(workers=5, work=…)``: ten
+    requests at once, each worked on for 0.2 s: five answer after one turn, five after two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from defguard_entra.testing import Load
+
+    load = Load(workers=5, work=0.2)
+    with DefguardEmulator("2.0", load=load) as emu:
+        for i in range(10):
+            emu.add_user(f"u{i}", email=f"u{i}@example.com")
+
+        def timed(i: int) -> tuple[int, float]:
+            started = time.monotonic()
+            return _start(emu, f"u{i}").status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(timed, range(10)))
+    assert [status for status, _ in answers] == [201] * 10
+    times = sorted(seconds for _, seconds in answers)
+    assert max(times[:5]) < 0.35
+    assert min(times[5:]) >= 0.35
+    assert load.peak == 10
+    assert sorted(load.waits)[5] >= 0.15  # the second five waited a turn for a connection
+
+
+def test_a_proxy_connection_limit_answers_503() -> None:
+    """nginx's ``ngx_http_limit_conn_module`` (nginx.org documentation): beyond ``limit_conn`` requests being
+    processed for one key, "the server will return the error in reply to a request", ``limit_conn_status`` 503 by
+    default, with nginx's HTML error page; the refused request is not processed (nor counted in flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from defguard_entra.testing import Load
+
+    load = Load(limit_conn=2, work=0.3)
+    with DefguardEmulator("2.0", load=load) as emu:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: _get(emu, "/api/v1/me"), range(3)))
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 200, 503]
+        refused = next(a for a in answers if a.status_code == 503)
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "503 Service Temporarily Unavailable" in refused.text
+        assert load.refused == 1
+        assert load.peak == 2
+        assert emu.request_counts["limit_conn"] == 1
+        assert _get(emu, "/api/v1/me").status_code == 200  # one at a time is within the limit
+
+
 @pytest.mark.parametrize("kind", ["defguard", "graph"])
 def test_a_silent_emulator_accepts_and_never_answers(kind: str) -> None:
     """A hung server (issue 14: "accepts connections and never answers"): the TCP connection is accepted and the

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock
 from ._scenarios import SAMPLE_GROUP, Scenario, environment, running_emulators, seed_sample_organisation
-from ._server import DROP, Faults, RecordedRequest
+from ._server import DROP, Faults, Load, RecordedRequest
 from .defguard import DefguardEmulator, RateLimit
 from .graph import GraphEmulator, WriteQuota
 
@@ -36,6 +36,7 @@ __all__ = [
     "Faults",
     "GraphEmulator",
     "IdentityEmulator",
+    "Load",
     "RateLimit",
     "RecordedRequest",
     "Scenario",

@@ -2,7 +2,7 @@
 
 Subclasses implement :meth:`EmulatorServer.resolve` (routing) and :meth:`EmulatorServer.fault_response` (what an
 injected failure looks like on that service). Everything else (threads, keep-alive, logging, counting, latency,
-seeded fault draws, dropped connections) lives here once.
+seeded fault draws, dropped connections, the load a server bears: :class:`Load`) lives here once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl
 
-__all__ = ["DROP", "EmulatorServer", "Faults", "RecordedRequest", "Request", "Response"]
+__all__ = ["DROP", "EmulatorServer", "Faults", "Load", "RecordedRequest", "Request", "Response"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,73 @@ class Faults:
             return self._rng.uniform(low, high)
 
 
+@dataclass
+class Load:
+    """How a server bears many requests at once (``None``: as many as come, at once).
+
+    ``workers``: at most this many requests are worked on at a time, each for ``work`` seconds (after the
+    latency); the others wait their turn. Defguard 2.0.1 opens its database pool with ``max_connections(5)``
+    (``crates/defguard_common/src/db/mod.rs``, ``setup_pool``): a handler that finds the five connections in use
+    waits for one (sqlx's acquire; its timeout, 30 s by default, is not emulated: not verified).
+
+    ``limit_conn``: a request that finds this many in flight already is answered 503 at once, with nginx's HTML
+    page, as nginx's ``limit_conn`` does in front of a server (``ngx_http_limit_conn_module``:
+    ``limit_conn_status`` is 503 by default; each request counts while it is processed).
+
+    ``peak`` is the most requests seen in flight at once; ``waits`` how long each request waited for a worker.
+    """
+
+    workers: int | None = None
+    work: float = 0.0
+    limit_conn: int | None = None
+    in_flight: int = field(init=False, default=0)
+    peak: int = field(init=False, default=0)
+    refused: int = field(init=False, default=0)
+    waits: list[float] = field(init=False, default_factory=list)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _slots: threading.Semaphore | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if (self.workers is not None and self.workers < 1) or (self.limit_conn is not None and self.limit_conn < 1):
+            raise ValueError("workers and limit_conn must be at least 1 (or None)")
+        if self.workers is not None:
+            self._slots = threading.Semaphore(self.workers)
+
+    def arrive(self) -> bool:
+        """A request came in: ``False`` when ``limit_conn`` refuses it (it does not count as in flight)."""
+        with self._lock:
+            if self.limit_conn is not None and self.in_flight >= self.limit_conn:
+                self.refused += 1
+                return False
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return True
+
+    def work_on(self) -> None:
+        """Wait for a worker and work (``work`` seconds)."""
+        if self._slots is None:
+            if self.work > 0:
+                time.sleep(self.work)
+            return
+        queued = time.monotonic()
+        with self._slots:
+            with self._lock:
+                self.waits.append(time.monotonic() - queued)
+            if self.work > 0:
+                time.sleep(self.work)
+
+    def depart(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+_LIMIT_CONN_PAGE = (
+    "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
 Handler = Callable[[Request], Response]
 
 
@@ -155,6 +222,7 @@ class EmulatorServer:
         port: int = 0,
         faults: Faults | None = None,
         tls: ssl.SSLContext | None = None,
+        load: Load | None = None,
     ) -> None:
         if host not in {"127.0.0.1", "localhost", "::1"}:
             msg = "emulators listen on loopback only"
@@ -163,6 +231,8 @@ class EmulatorServer:
         self._port = port
         self._tls = tls  # a server-side context: HTTPS, the handshake in the connection's own thread
         self.faults = faults or Faults()
+        self.load = load
+        """How the server bears many requests at once (:class:`Load`; ``None``: as many as come)."""
         self.lock = threading.RLock()
         self._log: list[RecordedRequest] = []
         self._counts: collections.Counter[str] = collections.Counter()
@@ -293,10 +363,26 @@ class EmulatorServer:
     # -- the request path ------------------------------------------------------------------------------------
 
     def _serve(self, request: Request) -> Response | Any:
+        load = self.load
+        if load is None:
+            return self._respond(request)
+        if not load.arrive():
+            if self.faults.latency > 0:
+                time.sleep(self.faults.latency)
+            self.record(request, "limit_conn", 503)
+            return Response.html(503, _LIMIT_CONN_PAGE)
+        try:
+            return self._respond(request, load)
+        finally:
+            load.depart()
+
+    def _respond(self, request: Request, load: Load | None = None) -> Response | Any:
         endpoint, handler = self.resolve(request)
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)
+        if load is not None:
+            load.work_on()
         outcome = faults.draw(endpoint)
         if outcome is DROP:
             response: Response | Any = DROP

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from defguard_entra.testing._server import Faults, Handler, Request, Response
+from defguard_entra.testing._server import Faults, Handler, Load, Request, Response
 
 from ._activity import ActivityHandlers
 from ._seeding import Seeding
@@ -68,6 +68,10 @@ class DefguardEmulator(ActivityHandlers, Seeding):
     chance that, between two page reads of ``GET /api/v1/user`` (2.x), some user is updated and so moves in the
     unordered list, which can make a later page skip a user.
 
+    ``load`` (:class:`~defguard_entra.testing.Load`) plays a server that queues the requests beyond its database
+    pool (Defguard 2.0.1 ``max_connections(5)``) or a proxy in front that refuses them with 503 (nginx
+    ``limit_conn``).
+
     Two more options: ``ldap_remote_enrollment_enabled`` (the 2.x setting behind ``enrolled`` for LDAP users, v2.0.1
     ``crates/defguard_common/src/db/models/settings.rs``) and ``paginated_content_type``. v2.0.0 builds paginated
     responses (``GET /user``, ``GET /group``) with ``Response::new(Body::from(json))``, which carries no
@@ -104,10 +108,11 @@ class DefguardEmulator(ActivityHandlers, Seeding):
         rate_limit: RateLimit | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         activity_log_endpoint: bool = True,
+        load: Load | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        super().__init__(host=host, port=port, faults=faults)
+        super().__init__(host=host, port=port, faults=faults, load=load)
         self.version = parse_version(version)
         if component_version is None:
             semver = str(version).strip()
