@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
@@ -24,7 +25,7 @@ import stamina
 from requests.adapters import HTTPAdapter
 
 from ._defguard_activity import activity_query, activity_unavailable, read_activity_log
-from ._defguard_pace import Pacer, Tries, Unreachable, connection_cause
+from ._defguard_pace import OVERLOAD_STATUS, Gate, Pacer, Tries, Unreachable, connection_cause
 from ._defguard_wire import (
     VERSION_HEADER,
     count_devices,
@@ -41,7 +42,13 @@ from ._durations import format_for_defguard
 from ._retry import Activity, Retryable, RetryPolicy
 from ._version import __version__
 from .config import validate_defguard_url
-from .exceptions import DefguardAPIError, DefguardAuthError, DefguardUnreachableError, UnexpectedResponseError
+from .exceptions import (
+    DefguardAPIError,
+    DefguardAuthError,
+    DefguardNotSentError,
+    DefguardUnreachableError,
+    UnexpectedResponseError,
+)
 from .models import DefguardDeployment, DefguardGroup, DefguardServer, DefguardUser, IssuedToken, Secret, TokenKind
 
 if TYPE_CHECKING:
@@ -60,12 +67,20 @@ def _refused(exc: Retryable) -> bool:
     return isinstance(exc.error, DefguardAPIError) and exc.error.status == 429
 
 
+def _overloaded(exc: Retryable) -> bool:
+    """The server (or a proxy in front of it) said it has too much to do (see :class:`~._defguard_pace.Gate`)."""
+    if isinstance(exc, Unreachable):
+        return exc.kind == "timeout"
+    return isinstance(exc.error, DefguardAPIError) and exc.error.status in OVERLOAD_STATUS
+
+
 class DefguardClient:
     """A synchronous client of the Defguard core API, usable as a context manager.
 
     ``session`` may be injected (it is then borrowed: never closed, never given our headers); ``ca_bundle`` is a
-    path to a PEM file for a private CA (TLS verification cannot be turned off). ``pool_size`` sizes the
-    connection pool of a session we create, for parallel token requests; ``proxy`` is the proxy URL to use
+    path to a PEM file for a private CA (TLS verification cannot be turned off). ``pool_size`` is the most token
+    requests in flight at once (the ceiling of their adaptive limit, :class:`~._defguard_pace.Gate`, which starts at
+    16 or less) and sizes the connection pool of a session we create; ``proxy`` is the proxy URL to use
     (environment variables are not consulted: see :func:`defguard_entra.config.proxy_for`). ``clock`` is "now" for
     the expiry of minted tokens (default: the system clock; tests share a :class:`defguard_entra.testing.Clock`).
     """
@@ -108,6 +123,8 @@ class DefguardClient:
         self._lock = threading.Lock()
         self._server_lifetime: dt.timedelta | None = None
         self._pacer = Pacer()
+        self.gate = Gate(pool_size)
+        """The adaptive limit of token requests in flight (its ``peak`` and ``halvings`` say what it did)."""
         self._clock = clock if clock is not None else functools.partial(dt.datetime.now, dt.UTC)
         self.activity = Activity()
         """When Defguard last answered (for the run's watchdog)."""
@@ -257,7 +274,9 @@ class DefguardClient:
         if lifetime is not None:
             body["token_expiration_time"] = format_for_defguard(lifetime)
         started = self._clock()
-        payload, retries = self._call_counted("POST", "user", username, "start_enrollment", json=body, proceed=proceed)
+        payload, retries = self._call_counted(
+            "POST", "user", username, "start_enrollment", json=body, proceed=proceed, gated=True
+        )
         lifetime = lifetime if lifetime is not None else self._server_lifetime
         expires = started + lifetime if lifetime is not None else None
         return issued_token(payload, TokenKind.ENROLLMENT, expires, retries, base=self._base)
@@ -273,6 +292,7 @@ class DefguardClient:
             "start_desktop",
             json={"email": None, "send_enrollment_notification": False},
             proceed=proceed,
+            gated=True,
         )
         lifetime = self._server_lifetime
         expires = started + lifetime if lifetime else None
@@ -318,8 +338,11 @@ class DefguardClient:
         params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         json: Any = None,
         proceed: Callable[[], bool] | None = None,
+        gated: bool = False,
     ) -> tuple[Any, int]:
-        """Send with retries (each one only while ``proceed()`` holds); the decoded body and the retries it took."""
+        """Send with retries (each one only while ``proceed()`` holds); the decoded body and the retries it took.
+        ``gated``: a token request, each try of which takes a place under :attr:`gate` first (a try that had to
+        wait for its place is sent only while ``proceed()`` holds)."""
         url = self._endpoint(*segments)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if auth:
@@ -331,15 +354,23 @@ class DefguardClient:
                 with attempt:
                     if last is not None and proceed is not None and not proceed():
                         raise last.error
+                    if gated and self.gate.enter() and proceed is not None and not proceed():
+                        self.gate.leave()
+                        raise DefguardNotSentError(f"not sent: the run stopped while {url} waited for its turn")
+                    took: float | None = None
+                    overload = False
                     try:
                         self._pacer.wait()
+                        sent = time.monotonic()
                         answer = self._once(method, url, headers, params, json, expect_json=expect_json)
+                        took = time.monotonic() - sent
                         self._pacer.succeeded()
                         return answer, attempt.num - 1
                     except DefguardAPIError:  # an answer not worth retrying (a 404, a 400): let through too
                         self._pacer.succeeded()
                         raise
                     except Retryable as exc:
+                        overload = _overloaded(exc)
                         if not isinstance(exc, Unreachable):  # an HTTP answer, possibly asking for a wait
                             self.activity.beat(exc.wait)
                             if not _refused(exc):
@@ -347,6 +378,9 @@ class DefguardClient:
                         tries.failed(exc)
                         last = exc
                         raise
+                    finally:
+                        if gated:
+                            self.gate.leave(took, overload=overload)
         except Retryable as exc:  # attempts or time ran out
             raise exc.error from None
         raise AssertionError("unreachable")  # pragma: no cover

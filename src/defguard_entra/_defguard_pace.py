@@ -17,7 +17,7 @@ from ._defguard_wire import first_line
 from ._retry import Retryable
 from .exceptions import DefguardAPIError
 
-__all__ = ["Pacer", "Tries", "Unreachable", "connection_cause"]
+__all__ = ["GATE_START", "OVERLOAD_STATUS", "Gate", "Pacer", "Tries", "Unreachable", "connection_cause"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ _MARGIN = 0.03
 #: ... and cut by this much after this many successes in a row.
 _PROBE_STEP = 0.02
 _PROBE_AFTER = 50
+
+#: The token requests in flight (see :class:`Gate`): the limit a run starts at (what runs had as a fixed
+#: concurrency before the limit adapted) ...
+GATE_START = 16
+#: ... the answers a round is judged on (at least this many, and at least the limit: about one round trip of every
+#: place) ...
+_ROUND_MIN = 8
+#: ... a round whose median round trip stayed within this factor of the fastest answer seen, with every place in
+#: use, grows the limit by this share (at least one; by one only, once it has had to shrink) ...
+_GROW_WITHIN = 1.5
+_GROW = 0.25
+#: ... one whose median went beyond this factor shrinks it by this share: the server queues the requests ...
+_SHRINK_BEYOND = 2.5
+_SHRINK = 0.25
+#: ... and an answer of overload (one of these statuses, or no answer within the timeout) halves it, once a round.
+OVERLOAD_STATUS = frozenset({408, 503, 504})
 
 
 class Pacer:
@@ -148,6 +164,114 @@ class Pacer:
                 if self.interval < _FIRST_INTERVAL / 5:  # a limiter that has gone: no pace at all
                     self.interval = 0.0
                 log.debug("Defguard pace probed faster: %.2f ms", self.interval * 1000)
+
+
+class Gate:
+    """How many token requests may be in flight at once: a limit that adapts to the server's answers.
+
+    One per client, shared by every token worker. It starts at :data:`GATE_START` (at most ``ceiling``, which is
+    ``--concurrency``) and is judged once a round: every :data:`_ROUND_MIN` answers, or one answer per place,
+    whichever is more.
+
+    - The round's median round trip within ``_GROW_WITHIN`` × the fastest answer seen, with every place in use at
+      some point of the round: the limit grows by a quarter (a server with room, e.g. one far away whose round
+      trip is network time, as in the benchmarks' 20 ms of latency); once it has had to shrink, by one a round
+      (the server's room is then known to be near: probing it gently costs fewer refusals).
+    - The median beyond ``_SHRINK_BEYOND`` × the fastest: it shrinks by a quarter. A server whose work queues
+      answers slower the more is in flight: Defguard 2.0.1 opens its database pool with ``max_connections(5)``
+      (``crates/defguard_common/src/db/mod.rs``, ``setup_pool``), and a request that finds the five connections
+      in use waits for one; more requests in flight then only lengthen the queue.
+    - Overload: an answer of 503 (nginx's ``limit_conn`` refuses with 503 by default, ``limit_conn_status``),
+      504 or 408 (a proxy that gave up waiting), or no answer within the timeout: the limit halves, once a round
+      (the answers of one burst are one signal).
+
+    In between, it holds. A 429 leaves it alone: Defguard's rate limiter counts requests, not requests in flight,
+    and :class:`Pacer` spaces them. Only answers with a status of 2xx are timed: an error can come back faster than
+    the work. The wait for a place is bounded (:meth:`enter`); the round trip is measured from the send, not from
+    the wait (the pace and the place are not the server's time)."""
+
+    def __init__(self, ceiling: int, *, start: int = GATE_START, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = float(min(max(1, start), self.ceiling))
+        #: The highest and lowest limit reached, and how often it halved (for the log and the tests).
+        self.peak = self.low = int(self.limit)
+        self.halvings = 0
+        self._clock = clock
+        self._cond = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._fastest: float | None = None
+        self._round: list[float] = []
+        self._full = False  # every place was in use at some point of this round
+        self._halved = False  # halved in this round already
+        self._gently = False  # it has had to shrink: grow by one a round
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self, bound: float = _MAX_PACE_WAIT) -> bool:
+        """Take a place, waiting for one at most ``bound`` seconds (then go anyway: a bound, never a hang; the
+        places free up as requests end, each within its timeouts). Whether it had to wait."""
+        with self._cond:
+            waited = False
+            deadline = self._clock() + bound
+            while self._in_flight >= int(self.limit):
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                waited = True
+                self._cond.wait(left)
+            self._in_flight += 1
+            if self._in_flight >= int(self.limit):
+                self._full = True
+            return waited
+
+    def leave(self, seconds: float | None = None, *, overload: bool = False) -> None:
+        """Give the place back: ``seconds`` is the round trip of an answer of 2xx (``None`` for any other end);
+        ``overload``: the answer said the server is overloaded (see the class docstring)."""
+        with self._cond:
+            self._in_flight -= 1
+            before = int(self.limit)
+            if overload:
+                if not self._halved:
+                    self._halved = True
+                    self.halvings += 1
+                    self._set(self.limit / 2, "an answer of overload")
+                    self._round.clear()  # the answers to come were sent before the cut: no growth on them
+                    self._full = False
+            elif seconds is not None:
+                self._round.append(seconds)
+                if self._fastest is None or seconds < self._fastest:
+                    self._fastest = seconds
+                if len(self._round) >= max(_ROUND_MIN, before):
+                    self._judge()
+            if int(self.limit) > before:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
+
+    def _judge(self) -> None:
+        samples = sorted(self._round)
+        self._round.clear()
+        median = samples[len(samples) // 2]
+        full, self._full = self._full, self._in_flight >= int(self.limit)
+        self._halved = False
+        assert self._fastest is not None
+        if median > self._fastest * _SHRINK_BEYOND:
+            self._set(self.limit * (1 - _SHRINK), f"the median round trip {median * 1000:.0f} ms")
+        elif full and median <= self._fastest * _GROW_WITHIN:
+            grown = self.limit + 1 if self._gently else max(self.limit + 1, self.limit * (1 + _GROW))
+            self._set(grown, f"the median round trip {median * 1000:.0f} ms")
+
+    def _set(self, limit: float, why: str) -> None:
+        old = int(self.limit)
+        self._gently = self._gently or limit < self.limit
+        self.limit = min(float(self.ceiling), max(1.0, limit))
+        new = int(self.limit)
+        self.peak, self.low = max(self.peak, new), min(self.low, new)
+        if new != old:
+            fastest = f"{self._fastest * 1000:.0f} ms" if self._fastest is not None else "-"
+            log.debug("Defguard token requests in flight: at most %d, was %d (%s; fastest %s)", new, old, why, fastest)
 
 
 class Unreachable(Retryable):

@@ -25,6 +25,7 @@ from .models import Secret
 
 __all__ = [
     "DEFAULT_ATTRIBUTE_SET",
+    "DEFAULT_CONCURRENCY",
     "GRAPH_CLI_CLIENT_ID",
     "AuthMode",
     "Cloud",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 DEFAULT_ATTRIBUTE_SET = "Defguard"
+#: The most Defguard token requests in flight (``--concurrency``): the ceiling of a limit that starts at 16 and
+#: adapts to the server's answers (``_defguard_pace.Gate``).
+DEFAULT_CONCURRENCY = 32
 #: Microsoft Graph Command Line Tools: the public client ``Connect-MgGraph`` (and so the PowerShell script) uses.
 GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
 #: Graph's limit on the requests in one JSON ``$batch``.
@@ -414,7 +418,7 @@ class Settings:
     token_lifetime: dt.timedelta | None = None
     graph: GraphSettings = attrs.field(factory=GraphSettings)
     timeout: float = 30.0
-    concurrency: int = 16
+    concurrency: int = DEFAULT_CONCURRENCY
     graph_write_rate: float = 0.0  # the most PATCHes per second; 0: no ceiling (paced only when Graph says so)
     retry: RetryPolicy = attrs.field(factory=_retry_default)
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY

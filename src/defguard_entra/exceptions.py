@@ -17,6 +17,7 @@ __all__ = [
     "DefguardAuthError",
     "DefguardEntraError",
     "DefguardError",
+    "DefguardNotSentError",
     "DefguardUnreachableError",
     "DefguardUserDisabledError",
     "EntraAPIError",
@@ -82,6 +83,11 @@ class DefguardUnreachableError(DefguardError):
         super().__init__(*args)
         if cause is not None:
             self.cause = cause
+
+
+class DefguardNotSentError(DefguardError):
+    """A token request that was never sent: the caller's ``proceed()`` said stop while it waited for its place
+    among the requests in flight (a run halted meanwhile). Nothing changed on the server."""
 
 
 class DefguardAPIError(DefguardError):

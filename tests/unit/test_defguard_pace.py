@@ -4,16 +4,19 @@ The simulation is event by event (no threads, no sleeping): each worker reserves
 :meth:`Pacer.delay`, sends at that time (reserving again when a refusal came meanwhile, as :meth:`Pacer.wait`
 does), the limiter (:class:`defguard_entra.testing.RateLimit`, the emulator's own) answers after the latency, and a
 refused request is retried after the client's first back-off (0.2 s). The threaded run against the emulator over
-HTTP is ``tests/adapters/test_resilience.py``.
+HTTP is ``tests/adapters/test_resilience.py``. The adaptive limit of token requests in flight (:class:`Gate`) is
+driven answer by answer at the end; over HTTP, ``tests/adapters/test_defguard_gate.py``.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
+import time
 
 import pytest
 
-from defguard_entra._defguard_pace import Pacer
+from defguard_entra._defguard_pace import GATE_START, Gate, Pacer
 from defguard_entra._retry import RetryPolicy
 from defguard_entra.testing import RateLimit
 
@@ -148,3 +151,96 @@ def test_successes_in_a_row_probe_faster_and_a_gone_limiter_ends_the_pace() -> N
     for _ in range(50 * 80):
         pacer.succeeded()
     assert pacer.interval == 0.0
+
+
+# -- the adaptive limit of token requests in flight (Gate) -----------------------------------------------------------
+
+
+def _round(gate: Gate, seconds: float, *, places: int | None = None) -> None:
+    """One round: ``places`` requests (default: the limit) taken together, then all answered in ``seconds``."""
+    n = int(gate.limit) if places is None else places
+    for _ in range(n):
+        gate.enter()
+    for _ in range(n):
+        gate.leave(seconds)
+
+
+def test_the_gate_grows_while_every_place_is_used_and_the_round_trip_holds() -> None:
+    gate = Gate(64)
+    assert gate.limit == GATE_START == 16
+    limits = []
+    for _ in range(12):
+        _round(gate, 0.02)
+        limits.append(int(gate.limit))
+    assert limits[:4] == [20, 25, 31, 39]
+    assert limits[-1] == gate.peak == 64  # the ceiling, never beyond
+    assert gate.in_flight == 0
+
+
+def test_the_gate_does_not_grow_with_places_left_unused() -> None:
+    gate = Gate(64)
+    for _ in range(10):
+        _round(gate, 0.02, places=8)
+    assert gate.limit == 16
+
+
+def test_the_gate_shrinks_when_the_server_queues_and_holds_in_between() -> None:
+    gate = Gate(64)
+    _round(gate, 0.01)  # the fastest answer: 10 ms
+    assert int(gate.limit) == 20
+    _round(gate, 0.02)  # 2x: within the band, held
+    assert int(gate.limit) == 20
+    _round(gate, 0.03)  # 3x: the server queues
+    assert int(gate.limit) == 15
+    for _ in range(60):
+        _round(gate, 0.05)
+    assert int(gate.limit) == 1  # never below one
+    assert gate.limit >= 1.0
+    assert gate.low == 1
+
+
+def test_an_overload_answer_halves_the_gate_once_a_round() -> None:
+    gate = Gate(64)
+    for _ in range(16):
+        gate.enter()
+    for _ in range(5):  # a burst of 503s from one round is one signal
+        gate.leave(overload=True)
+    assert gate.limit == 8
+    assert gate.halvings == 1
+    for _ in range(11):
+        gate.leave(0.02)  # the round ends: the next overload halves again
+    gate.enter()
+    gate.leave(overload=True)
+    assert gate.limit == 4
+    assert gate.halvings == 2
+    for expected in (5, 6, 7):  # once it has had to shrink, by one a round (of 8 answers): the room is near
+        _round(gate, 0.02)
+        _round(gate, 0.02)
+        assert gate.limit == expected
+
+
+def test_the_gate_ceiling_bounds_the_start() -> None:
+    assert Gate(4).limit == 4
+    assert Gate(0).limit == 1
+
+
+def test_a_full_gate_waits_for_a_place_within_its_bound() -> None:
+    gate = Gate(2)
+    gate.enter()
+    gate.enter()
+    entered = threading.Event()
+
+    def worker() -> None:
+        gate.enter(bound=10)
+        entered.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert not entered.wait(0.1)  # every place taken: it waits
+    gate.leave(0.01)
+    assert entered.wait(2)  # a place given back lets it in
+    thread.join()
+    started = time.monotonic()
+    assert gate.enter(bound=0.05) is True  # full again: it waits its bound, then goes anyway (never a hang)
+    assert time.monotonic() - started >= 0.05
+    assert gate.in_flight == 3

@@ -416,7 +416,11 @@ def _add_retry_options(p: argparse.ArgumentParser, *, writes: bool, mints: bool 
     pace = p.add_argument_group("pace")
     if mints:
         pace.add_argument(
-            "--concurrency", type=int, default=None, metavar="N", help="parallel Defguard token requests (default 16)"
+            "--concurrency",
+            type=int,
+            default=None,
+            metavar="N",
+            help="the most Defguard token requests in flight (default 32; starts at 16 and adapts to the server)",
         )
         pace.add_argument(
             "--stall-timeout",

@@ -26,6 +26,7 @@ from ..exceptions import (
     DefguardAPIError,
     DefguardAuthError,
     DefguardError,
+    DefguardNotSentError,
     DefguardUnreachableError,
     DefguardUserDisabledError,
     EntraError,
@@ -268,10 +269,14 @@ class _Minting:
 
     def unless_halted(self, fn: Callable[..., T], *args: Any) -> T:
         """On a worker thread: ``fn(*args)``, unless the run was halted while this call waited for a thread (a
-        token request queued behind a dead server is then never sent); no retry once it is halted either."""
+        token request queued behind a dead server is then never sent); no retry once it is halted either, and no
+        send after a wait for its place among the requests in flight."""
         if self.halt is not None:
             raise _NotStarted(self.halt)
-        return fn(*args, proceed=self.proceeding)
+        try:
+            return fn(*args, proceed=self.proceeding)
+        except DefguardNotSentError:
+            raise _NotStarted(self.halt or "the run stopped") from None
 
     def proceeding(self) -> bool:
         return self.halt is None

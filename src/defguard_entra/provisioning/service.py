@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from .._scopes import COMMAND_SCOPES
 from .._sync import LoopThread, blocking
-from ..config import DEFAULT_ATTRIBUTE_SET, Settings, proxy_for, validate_group_id
+from ..config import DEFAULT_ATTRIBUTE_SET, DEFAULT_CONCURRENCY, Settings, proxy_for, validate_group_id
 from ..models import Checklist, DefguardServer, EnrolledPolicy, GroupSource, Report, Status
 from . import check as probes
 from . import mint, roster, stored, sync_phases
@@ -57,7 +57,7 @@ class ProvisioningService(ServiceLifecycle):
         entra: AsyncEntraClient | GraphPort,
         *,
         attribute_set: str = DEFAULT_ATTRIBUTE_SET,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
         owns_clients: bool = False,
         state_dir: Path | None = None,
         stall_timeout: float | None = None,
