@@ -13,6 +13,7 @@ the commands and the figures measured on the project's 2-core machine.
     python benchmarks/provision.py --members 1000 --quota 100/5 --skip-replay
     python benchmarks/provision.py --members 2000 --faults --skip-replay
     python benchmarks/provision.py --members 50000 --latency-ms 0 --skip-replay
+    python benchmarks/provision.py --members 1000 --defguard-workers 5/0.005 --skip-replay
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from typing import Any
 import requests
 
 import defguard_entra
-from defguard_entra.testing import DROP, DefguardEmulator, Faults, GraphEmulator, RateLimit, WriteQuota, environment
+from defguard_entra.testing import (
+    DROP,
+    DefguardEmulator,
+    Faults,
+    GraphEmulator,
+    Load,
+    RateLimit,
+    WriteQuota,
+    environment,
+)
 
 GROUP = "Bench Users"
 
@@ -183,6 +193,15 @@ def main() -> int:
         action="store_true",
         help="10%% Graph 429 (decimal Retry-After), 3%% 503; 3%% Defguard token 502 or dropped",
     )
+    parser.add_argument(
+        "--defguard-workers",
+        metavar="N/SECONDS",
+        help="Defguard works on at most N requests at once, SECONDS each, the rest wait (its database pool: 2.0.1 "
+        "has 5), e.g. 5/0.005 (default: off)",
+    )
+    parser.add_argument(
+        "--limit-conn", type=int, metavar="N", help="a proxy in front of Defguard answers 503 beyond N in flight"
+    )
     parser.add_argument("--skip-replay", action="store_true", help="only run provision")
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument(
@@ -240,6 +259,11 @@ def main() -> int:
             graph.faults = Faults(latency=latency, rates={429: 0.10, 503: 0.03}, seed=11)
             graph.item_faults = Faults(rates={429: 0.10, 503: 0.03}, seed=13)
             graph.retry_after = "decimal"
+        load = None
+        if args.defguard_workers or args.limit_conn:
+            workers, work = args.defguard_workers.split("/") if args.defguard_workers else (None, "0")
+            load = Load(int(workers) if workers else None, float(work), args.limit_conn)
+            defguard.load = load
         throttled_before = graph.throttled_count
         extra: list[str] = []  # default flags: writes start at full speed and slow only when Graph says so
         if args.concurrency:
@@ -265,6 +289,13 @@ def main() -> int:
             print(
                 f"    Defguard limiter: {limiter.refused} requests refused ({share:.1f} % of {mints} token requests); "
                 f"bound (N - burst) x period = {bound:.1f}s"
+            )
+        if load is not None:
+            waits = sorted(load.waits)
+            median = f"{waits[len(waits) // 2] * 1000:.1f} ms" if waits else "-"
+            print(
+                f"    Defguard load: at most {load.peak} requests in flight at once, median wait for a worker "
+                f"{median}, {load.refused} refused with 503 (limit_conn)"
             )
         if quota is not None:
             bound = max(0, n - quota.writes) / quota.rate
