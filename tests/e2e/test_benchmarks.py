@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ["--members", "30", "--latency-ms", "0"],
         ["--members", "30", "--latency-ms", "0", "--faults", "--skip-replay"],
         ["--members", "30", "--latency-ms", "0", "--quota", "100/5", "--skip-replay", "--defguard-version", "1.6"],
+        ["--members", "30", "--latency-ms", "0", "--defguard-workers", "5/0.001", "--limit-conn", "8", "--skip-replay"],
     ],
 )
 def test_provision_benchmark_smoke(args: list[str]) -> None:
@@ -32,6 +33,8 @@ def test_provision_benchmark_smoke(args: list[str]) -> None:
     assert "members not consistent with Defguard: 0" in proc.stdout
     if "--skip-replay" not in args:
         assert "ratio (a)/(b):" in proc.stdout
+    if "--limit-conn" in args:
+        assert "Defguard load: at most" in proc.stdout
 
 
 def test_emulator_benchmark_smoke() -> None:
