@@ -4,6 +4,7 @@ by default. The rule itself is driven answer by answer in ``tests/unit/test_defg
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -112,3 +113,34 @@ def test_a_502_does_not_touch_the_gate() -> None:
         client.close()
     assert client.gate.halvings == 0
     assert client.gate.limit == 16
+
+
+def test_provision_behind_a_proxy_limit_provisions_everyone_and_says_so() -> None:
+    """The whole run through the CLI behind nginx's ``limit_conn 4``: every member provisioned and consistent, and
+    the log at ``-v`` says how far the limit went and how often it was halved."""
+    from defguard_entra.testing import GraphEmulator, environment
+    from helpers import run_cli
+
+    load = Load(limit_conn=4)
+    with DefguardEmulator("2.0", faults=Faults(latency=0.005), load=load) as defguard, GraphEmulator() as graph:
+        graph.define_attribute_set("Defguard")
+        ids = {}
+        for i in range(120):
+            name = f"m{i:03}"
+            defguard.add_user(name, email=f"{name}@example.com")
+            ids[name] = graph.add_user(f"{name}@example.com", mail=f"{name}@example.com")
+        defguard.add_group("G", list(ids))
+        result = run_cli(["--group-name", "G", "--no-progress", "-v"], environment(defguard, graph))
+        assert result.code == 0, result.stdout + result.stderr
+        stale = [
+            n for n, i in ids.items() if graph.attributes(i)["Defguard"]["EnrollmentToken"] != defguard.current_token(n)
+        ]
+        assert stale == []
+    assert load.refused > 0
+    match = re.search(
+        r"Defguard token requests in flight: (\d+) to (\d+) so far \(at most 32\); halved (\d+) times", result.stderr
+    )
+    assert match is not None, result.stderr
+    low, _, halvings = (int(g) for g in match.groups())
+    assert low <= 4
+    assert halvings >= 1

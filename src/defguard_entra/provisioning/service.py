@@ -250,6 +250,16 @@ class ProvisioningService(ServiceLifecycle):
                 )
             run.mark("write")
             log.info("minted and stored %d tokens (%.2fs)", sum(m.token is not None for m in members), run.seconds)
+            gate = getattr(self.defguard, "gate", None)  # a DefguardClient's adaptive limit (not on every port)
+            if gate is not None:
+                log.info(
+                    "Defguard token requests in flight: %d to %d so far (at most %d); halved %d times on answers "
+                    "of overload (503, 504, 408 or a timeout)",
+                    gate.low,
+                    gate.peak,
+                    gate.ceiling,
+                    gate.halvings,
+                )
             if (note := desktop_note(members, run.audit)) is not None:
                 run.note(note)
             return run.report(members, dry_run=dry_run, interrupted=interrupted, fatal=fatal)
