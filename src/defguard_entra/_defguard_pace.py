@@ -190,13 +190,12 @@ class Gate:
     the work. The wait for a place is bounded (:meth:`enter`); the round trip is measured from the send, not from
     the wait (the pace and the place are not the server's time)."""
 
-    def __init__(self, ceiling: int, *, start: int = GATE_START, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ceiling: int, *, start: int = GATE_START) -> None:
         self.ceiling = max(1, ceiling)
         self.limit = float(min(max(1, start), self.ceiling))
         #: The highest and lowest limit reached, and how often it halved (for the log and the tests).
         self.peak = self.low = int(self.limit)
         self.halvings = 0
-        self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._in_flight = 0
         self._fastest: float | None = None
@@ -213,14 +212,9 @@ class Gate:
         """Take a place, waiting for one at most ``bound`` seconds (then go anyway: a bound, never a hang; the
         places free up as requests end, each within its timeouts). Whether it had to wait."""
         with self._cond:
-            waited = False
-            deadline = self._clock() + bound
-            while self._in_flight >= int(self.limit):
-                left = deadline - self._clock()
-                if left <= 0:
-                    break
-                waited = True
-                self._cond.wait(left)
+            waited = self._in_flight >= int(self.limit)
+            if waited:
+                self._cond.wait_for(lambda: self._in_flight < int(self.limit), bound)
             self._in_flight += 1
             if self._in_flight >= int(self.limit):
                 self._full = True
