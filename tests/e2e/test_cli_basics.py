@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +63,62 @@ def test_python_m_help_and_demo() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "What happened" in proc.stdout
+
+
+#: ``python -m defguard_entra`` with an exit handler of its own registered first: the handler runs only if the
+#: interpreter's normal teardown does. With ``FAKE_MAIN`` set, ``cli.main`` is replaced by one that leaves its
+#: output in the streams' buffers (on a pipe, both are block-buffered) and returns 3.
+_MODULE_WITH_AN_EXIT_HANDLER = """
+import atexit, os, runpy, sys
+atexit.register(lambda: sys.__stderr__.write("teardown ran\\n"))
+if os.environ.get("FAKE_MAIN"):
+    import defguard_entra.cli
+    def main():
+        sys.stdout.write("left in the buffer\\n")
+        sys.stderr.write("this too\\n")
+        return 3
+    defguard_entra.cli.main = main
+sys.argv = ["defguard_entra", *sys.argv[1:]]
+runpy.run_module("defguard_entra", run_name="__main__", alter_sys=True)
+"""
+
+
+def _python_m(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    width = str(shutil.get_terminal_size().columns)  # what argparse wraps the help to, here and in the child
+    return subprocess.run(
+        [sys.executable, "-c", _MODULE_WITH_AN_EXIT_HANDLER, *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        # buffered as on a user's machine (PYTHONUNBUFFERED would hide a missing flush)
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "COLUMNS": width, **env},
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "stream", "text"),
+    [
+        (["--help"], 0, "stdout", "usage: defguard-entra"),
+        (["provision", "--group-name", "G", "--url", "notaurl"], 2, "stderr", "--url"),
+    ],
+)
+def test_python_m_skips_the_interpreters_teardown_and_keeps_output_and_exit_code(
+    argv: list[str], code: int, stream: str, text: str
+) -> None:
+    # __main__ ends with os._exit: the teardown costs 0.1 s of every run (docs/performance.md, "Client CPU")
+    proc = _python_m(argv)
+    assert proc.returncode == code, proc.stderr
+    assert text in getattr(proc, stream)
+    assert "teardown ran" not in proc.stderr
+    if stream == "stdout":
+        assert proc.stdout == run_cli(argv).stdout  # every byte, as the in-process run writes it
+
+
+def test_python_m_flushes_what_main_left_buffered_before_it_exits() -> None:
+    # The console flushes every write; this is the entry point's own guarantee, for any writer that does not.
+    proc = _python_m([], FAKE_MAIN="1")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "left in the buffer\n", "this too\n")
 
 
 def _readme_commands() -> list[str]:
