@@ -4,6 +4,7 @@ limit), and ``check_attribute_set`` telling whether the set defines ``Enrollment
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -140,3 +141,32 @@ def test_check_attribute_set_cannot_say_without_reading_the_definitions(graph: G
         check = entra.check_attribute_set("Defguard")
     assert not check.readable
     assert check.defines_expiry is None
+
+
+class _ImportCounter:
+    """A meta path finder that only counts the searches for one module name (and finds nothing itself)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.searches = 0
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        self.searches += fullname == self.name
+
+
+def test_the_graph_stack_does_not_search_for_a_module_at_every_request(graph: GraphEmulator) -> None:
+    # httpcore (under msgraph's httpx) runs `import sniffio` each time it sets up a lock, falling back to asyncio
+    # when that fails; since anyio 4.11 no longer installs sniffio, each failed import searched all of sys.path:
+    # 266 times in a 1,000-member run (encode/httpcore#1103). sniffio is a dependency so that it is found once.
+    for n in range(3):
+        _holder(graph, f"h{n}@example.com", URL)
+    counter = _ImportCounter("sniffio")
+    sys.meta_path.insert(0, counter)
+    try:
+        with _client(graph) as entra:
+            for _ in range(5):
+                assert len(entra.find_holders("Defguard", "EnrollmentUrl", URL)) == 3
+    finally:
+        sys.meta_path.remove(counter)
+    assert graph.request_counts["users-list"] >= 5
+    assert counter.searches <= 1
