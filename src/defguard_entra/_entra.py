@@ -33,7 +33,7 @@ from ._credentials import AsyncCredential, close_quietly, jwt_claims
 from ._groups import GroupQueries
 from ._retry import Activity, Retryable, RetryPolicy, parse_retry_after
 from ._scopes import COMMAND_SCOPES
-from .config import GraphSettings, Settings
+from .config import DEFAULT_GRAPH_WRITE_RATE, GraphSettings, Settings
 from .exceptions import EntraAPIError, EntraAuthError, EntraError
 from .models import AttributeSetCheck, EntraUser, Match, WriteResult
 
@@ -122,7 +122,7 @@ class AsyncEntraClient(GroupQueries):
         scopes: Sequence[str] | None = None,
         http_client: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
-        write_rate: float = 20.0,
+        write_rate: float = DEFAULT_GRAPH_WRITE_RATE,
         parallel_batches: int = 4,
         timeout: float = 60.0,
         owns_credential: bool = False,

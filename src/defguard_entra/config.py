@@ -26,6 +26,7 @@ from .models import Secret
 __all__ = [
     "DEFAULT_ATTRIBUTE_SET",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_GRAPH_WRITE_RATE",
     "GRAPH_CLI_CLIENT_ID",
     "AuthMode",
     "Cloud",
@@ -45,6 +46,9 @@ DEFAULT_ATTRIBUTE_SET = "Defguard"
 #: The most Defguard token requests in flight (``--concurrency``): the ceiling of a limit that starts at 16 and
 #: adapts to the server's answers (``_defguard_pace.Gate``).
 DEFAULT_CONCURRENCY = 32
+#: The most Graph writes a second (``--graph-write-rate``): 0, no ceiling. Writes start at full speed and slow down
+#: only when Graph says so (``_batch.RateLimiter``).
+DEFAULT_GRAPH_WRITE_RATE = 0.0
 #: Microsoft Graph Command Line Tools: the public client ``Connect-MgGraph`` (and so the PowerShell script) uses.
 GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
 #: Graph's limit on the requests in one JSON ``$batch``.
@@ -419,7 +423,7 @@ class Settings:
     graph: GraphSettings = attrs.field(factory=GraphSettings)
     timeout: float = 30.0
     concurrency: int = DEFAULT_CONCURRENCY
-    graph_write_rate: float = 0.0  # the most PATCHes per second; 0: no ceiling (paced only when Graph says so)
+    graph_write_rate: float = DEFAULT_GRAPH_WRITE_RATE  # the most PATCHes per second; 0: no ceiling
     retry: RetryPolicy = attrs.field(factory=_retry_default)
     proxies: Mapping[str, str] = attrs.field(factory=dict)  # {"http"|"https"|"no": value}, from *_PROXY
     #: ``http://`` to a Defguard that is not on loopback: refused unless this is set (``--allow-insecure-http``).

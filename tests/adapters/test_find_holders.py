@@ -15,7 +15,7 @@ from azure.core.credentials import AccessToken
 from defguard_entra import EntraClient
 from defguard_entra.config import GraphSettings
 from defguard_entra.exceptions import EntraAPIError
-from defguard_entra.testing import GraphEmulator
+from defguard_entra.testing import Faults, GraphEmulator, Load
 
 URL = "https://enroll.example.com/"
 LONG = "https://" + "x" * 130 + ".example.com/"  # over Graph's 120-character eq limit
@@ -170,3 +170,19 @@ def test_the_graph_stack_does_not_search_for_a_module_at_every_request(graph: Gr
         sys.meta_path.remove(counter)
     assert graph.request_counts["users-list"] >= 5
     assert counter.searches <= 1
+
+
+def test_a_client_built_directly_writes_at_full_speed_as_settings_do(graph: GraphEmulator) -> None:
+    # One default for the write ceiling (config.DEFAULT_GRAPH_WRITE_RATE: none): EntraClient(GraphSettings, ...)
+    # used to cap writes at 20 a second from the first one, the pace issue 14 removed from provision.
+    ids = [graph.add_user(f"w{n}@example.com", mail=f"w{n}@example.com") for n in range(200)]
+    graph.faults = Faults(latency=0.2)
+    graph.load = Load()
+    with _client(graph) as entra:
+        written = entra.write_attributes("Defguard", {i: {"EnrollmentToken": "t", "EnrollmentUrl": URL} for i in ids})
+    assert all(result.ok for result in written.values())
+    assert graph.request_counts["batch"] == 10
+    # The slow start (_batch.SlowStart) sends one batch at a time until 160 writes are answered clean, then two:
+    # the last two batches overlap. At 20 writes a second each batch of 20 waited a second for its allowance, so
+    # two were never in flight together (0.2 s each): the peak was 1.
+    assert graph.load.peak == 2
