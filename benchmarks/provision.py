@@ -118,7 +118,33 @@ def counts(defguard: DefguardEmulator, graph: GraphEmulator) -> dict[str, Any]:
     }
 
 
-def run_provision(defguard: DefguardEmulator, graph: GraphEmulator, extra: list[str]) -> tuple[float, int, dict]:
+def host_speed() -> float:
+    """Seconds for a fixed pure-Python workload (best of 3): the host's speed at the time of the run. The client is
+    CPU-bound, so its figures move with this one (docs/performance.md)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs so far, from /proc/stat (Linux); ``None`` elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def run_provision(
+    defguard: DefguardEmulator, graph: GraphEmulator, extra: list[str]
+) -> tuple[float, int, dict, float, float | None]:
+    """Wall seconds, peak RSS (KiB), the report, the process's CPU seconds and the share of CPU time the hypervisor
+    stole meanwhile (percent; ``None`` when unknown)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DEFGUARD_", "AZURE_"))},
         **environment(defguard, graph),
@@ -138,14 +164,19 @@ def run_provision(defguard: DefguardEmulator, graph: GraphEmulator, extra: list[
             str(report_path),
             *extra,
         ]
+        before, ticks = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
         started = time.perf_counter()
         proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
+        after, ticks_after = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, rss_kib, report | {"exit_code": proc.returncode}
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    stolen = None
+    if ticks is not None and ticks_after is not None and ticks_after[1] > ticks[1]:
+        stolen = 100 * (ticks_after[0] - ticks[0]) / (ticks_after[1] - ticks[1])
+    return elapsed, after.ru_maxrss, report | {"exit_code": proc.returncode}, cpu, stolen
 
 
 def check_consistent(defguard: DefguardEmulator, graph: GraphEmulator, report: dict) -> int:
@@ -231,6 +262,7 @@ def main() -> int:
         if not args.no_bytecode:
             compile_bytecode()
         print(f"start-up: python -m defguard_entra --help answers in {startup_time():.3f}s (best of 5)")
+        print(f"host: 3,000,000 pure-Python additions take {host_speed():.3f}s (best of 3)")
 
         replay_time = None
         if not args.skip_replay:
@@ -268,7 +300,7 @@ def main() -> int:
         extra: list[str] = []  # default flags: writes start at full speed and slow only when Graph says so
         if args.concurrency:
             extra += ["--concurrency", str(args.concurrency)]
-        elapsed, rss_kib, report = run_provision(defguard, graph, extra)
+        elapsed, rss_kib, report, cpu, stolen = run_provision(defguard, graph, extra)
         c = counts(defguard, graph)
         inconsistent = check_consistent(defguard, graph, report)
         retries = sum(u.get("retries", 0) for u in report.get("users", []))
@@ -278,6 +310,8 @@ def main() -> int:
             f"429s {graph.throttled_count - throttled_before}, injected Defguard faults {c['defguard_faults']}, "
             f"retries in report {retries}, peak RSS {rss_kib / 1024:.0f} MiB, exit {report.get('exit_code')}"
         )
+        steal = f"; the hypervisor stole {stolen:.1f} % of the CPU time meanwhile" if stolen is not None else ""
+        print(f"    CPU: {cpu:.2f}s in the provision process{steal}")
         print(f"    summary {report.get('summary')}; members not consistent with Defguard: {inconsistent}")
         print(f"    phases {(report.get('audit') or {}).get('timings')}")
         n = args.members

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def test_provision_benchmark_smoke(args: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(b) provision:" in proc.stdout
     assert "members not consistent with Defguard: 0" in proc.stdout
+    assert re.search(r"host: 3,000,000 pure-Python additions take \d+\.\d{3}s", proc.stdout)
+    assert re.search(r"CPU: \d+\.\d\ds in the provision process", proc.stdout)
     if "--skip-replay" not in args:
         assert "ratio (a)/(b):" in proc.stdout
     if "--limit-conn" in args:
